@@ -1,0 +1,1 @@
+"""Catalogs of GPUs and models the advisor knows by name."""

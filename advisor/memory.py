@@ -1,0 +1,346 @@
+"""Analytic GPU memory model of one LoRA-family training step.
+
+It models the stack loracle's worker runs, tensor by tensor: transformers'
+Llama-style modules with sdpa attention, peft adapters, bitsandbytes NF4 for
+QLoRA, the Trainer's autocast mixed precision, and torch optimizers. Every
+term says which behaviour of which library it follows. The tracer (issue of
+"exact memory") measures the same step on meta tensors; this closed form is
+what answers in microseconds.
+
+Units: bytes internally; the public figures are GiB (2^30 bytes).
+
+The peak of a step (what ``torch.cuda.max_memory_allocated`` reports) is
+``weights + adapter + optimizer state + gradients + activations at their
+peak``. ``total`` adds the CUDA context and the caching allocator's slack: what
+the card must have free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from advisor.architecture import Architecture, Linear
+from advisor.profile import TrainingSettings
+from advisor.variants import Combination
+
+GIB = 1 << 30
+
+# -- constants and where they come from ---------------------------------------------
+
+# NF4 with double quantization (Dettmers et al. 2023, QLoRA, section 3 "Double
+# Quantization"; bitsandbytes Params4bit with blocksize 64, compress_statistics
+# True): 4 bits per weight, one 8-bit absmax per 64 weights, one fp32 constant
+# per 256 of those blocks. 4 + 8/64 + 32/(64*256) = 4.127 bits per parameter.
+NF4_DQ_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+
+# AdamW keeps exp_avg and exp_avg_sq in fp32 (torch.optim.AdamW): 8 bytes per
+# trainable parameter. bitsandbytes' 8-bit Adam keeps both states in 8 bits
+# (Dettmers et al. 2022, 8-bit Optimizers via Block-wise Quantization): 2 bytes.
+# SGD without momentum (the Trainer's "sgd") keeps no state.
+OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "adamw_8bit": 2.0, "paged_adamw_8bit": 2.0, "sgd": 0.0}
+
+# Allocation outside tensors. The CUDA context with cuBLAS/cuDNN handles and
+# the cuBLAS workspace is 0.4-0.6 GiB on Ampere/Hopper cards with torch 2.x
+# (PyTorch "CUDA semantics: memory management" notes; measured as nvidia-smi
+# usage minus torch.cuda.memory_reserved). The caching allocator rounds blocks
+# and fragments: reserved exceeds the peak allocated by a few percent in
+# steady-state training (torchtune's published LoRA runs: 13.96 GB allocated vs
+# 13.98 GB reserved after model init).
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)
+ALLOCATOR_SLACK = 0.06
+
+DEFAULT_LORA_DROPOUT = 0.05
+
+
+def default_lora_dropout(combo: Combination) -> float:
+    """DoRA defaults to no dropout: with dropout peft cannot reuse the base layer's
+    output, recomputes it from the full weight and keeps a 16-bit copy of every
+    adapted weight for backward (peft ``DoraLinearLayer.forward``, base_result None)."""
+    return 0.0 if combo.dora else DEFAULT_LORA_DROPOUT
+
+
+Phase = Literal["forward", "backward", "optimizer"]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Bytes of each kind at the moment of the peak, plus overhead beyond the peak."""
+
+    weights: float
+    adapter: float
+    gradients: float
+    optimizer: float
+    activations: float
+    overhead: float
+
+    @property
+    def allocated(self) -> float:
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations
+
+    def gib(self) -> dict[str, float]:
+        return {k: round(v / GIB, 3) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    variant: str
+    combine_with: tuple[str, ...]
+    method: str
+    breakdown: Breakdown
+    peak_phase: Phase
+    reserved_bytes: float
+    total_bytes: float
+    trainable_params: int
+    total_params: int
+    gpu_count: int = 1
+    assumptions: tuple[str, ...] = field(default=())
+
+    @property
+    def peak_allocated_bytes(self) -> float:
+        return self.breakdown.allocated
+
+    @property
+    def peak_allocated_gib(self) -> float:
+        return self.peak_allocated_bytes / GIB
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+    def fits(self, card_gib: float) -> bool:
+        return self.total_gib <= card_gib
+
+    def as_dict(self, card_gib: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "variant": self.variant,
+            "combine_with": list(self.combine_with),
+            "method": self.method,
+            "peak_allocated_gib": round(self.peak_allocated_gib, 3),
+            "reserved_gib": round(self.reserved_bytes / GIB, 3),
+            "total_gib": round(self.total_gib, 3),
+            "peak_phase": self.peak_phase,
+            "breakdown": self.breakdown.gib(),
+            "trainable_params": self.trainable_params,
+            "trainable_percent": round(100 * self.trainable_params / self.total_params, 4),
+            "gpu_count": self.gpu_count,
+            "assumptions": list(self.assumptions),
+            "fits": None,
+            "headroom_gib": None,
+        }
+        if card_gib is not None:
+            out["fits"] = self.fits(card_gib)
+            out["headroom_gib"] = round(card_gib - self.total_gib, 3)
+        return out
+
+
+# -- the model ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dtypes:
+    compute: int  # bytes of the compute dtype (autocast target, or fp32)
+    weight: int  # bytes of unquantized frozen weights as loaded
+    residual: int  # bytes of the residual stream between blocks
+    autocast: bool
+
+
+def _dtypes(t: TrainingSettings, combo: Combination) -> _Dtypes:
+    fp32 = t.precision == "fp32"
+    # QLoRA: peft.prepare_model_for_kbit_training casts every non-4-bit parameter
+    # (embeddings, norms, lm_head) to fp32, so the embedding output and with it
+    # the residual stream are fp32; bitsandbytes' Linear4bit returns its output
+    # in the input's dtype.
+    residual = 4 if (fp32 or combo.quantize_base) else 2
+    return _Dtypes(
+        compute=4 if fp32 else 2, weight=4 if fp32 else 2, residual=residual, autocast=not fp32
+    )
+
+
+def _weights(arch: Architecture, d: _Dtypes, combo: Combination) -> float:
+    if combo.quantize_base:
+        return (
+            arch.block_linear_weight_params * NF4_DQ_BYTES_PER_PARAM + arch.unquantized_params * 4
+        )
+    return float(arch.total_params * d.weight)
+
+
+def _lora_saved_per_token(lin: Linear, rank: int, d: _Dtypes, dropout: bool) -> float:
+    """What one adapted linear keeps for backward, per token.
+
+    peft casts the input to the adapter's dtype (fp32: adapters are upcast by
+    ``autocast_adapter_dtype``), dropout keeps its bool mask, and lora_A under
+    autocast saves the 16-bit copy of its input to form A's gradient; lora_B
+    saves A's r-wide output."""
+    adapter_in = d.compute if d.autocast else 4
+    mask = 1 if dropout else 0
+    return lin.in_features * (adapter_in + mask) + rank * adapter_in
+
+
+def _dora_saved_per_token(lin: Linear, d: _Dtypes) -> float:
+    """DoRA's output is (m/||W + sBA|| - 1) * base + m/||.|| * lora * s: both the base
+    result and the LoRA result are kept for the magnitude's gradient (peft
+    ``DoraLinearLayer.forward``)."""
+    base_result = d.residual if d.residual == 4 else d.compute
+    return lin.out_features * (base_result + (d.compute if d.autocast else 4))
+
+
+def _dora_weight_temporaries(lin: Linear, d: _Dtypes) -> float:
+    """Per adapted layer, DoRA materialises B@A through an identity matrix (in x in),
+    the weight in the input's dtype, W + s*BA, and its row norms (peft
+    ``get_lora_weight`` / ``get_weight_norm``): transient, a few weight-sized fp32
+    tensors at once."""
+    return lin.in_features**2 * 4 + 3 * lin.weight_numel * 4
+
+
+def estimate(
+    arch: Architecture,
+    training: TrainingSettings,
+    combo: Combination,
+    *,
+    lora_dropout: float | None = None,
+    gpu_count: int = 1,
+) -> MemoryEstimate:
+    """Peak memory of one training step (the second: optimizer state exists)."""
+    t = training
+    d = _dtypes(t, combo)
+    dropout = default_lora_dropout(combo) if lora_dropout is None else lora_dropout
+    has_dropout = dropout > 0
+    h, i, L, V = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers, arch.vocab_size
+    tokens = t.seq_len * t.micro_batch_size
+    targets = arch.resolve_targets(t.target_modules)
+    assumptions: list[str] = list(arch.notes)
+
+    # -- persistent state --
+    weights = _weights(arch, d, combo)
+    trainable = arch.lora_params(t.lora_rank, t.target_modules, dora=combo.dora)
+    adapter = trainable * 4.0  # fp32: peft get_peft_model(autocast_adapter_dtype=True)
+    gradients = trainable * 4.0
+    optimizer = trainable * OPTIMIZER_STATE_BYTES[t.optimizer]
+
+    # -- what one block keeps for backward, per token --
+    padded = t.micro_batch_size > 1
+    gqa = arch.num_key_value_heads != arch.num_attention_heads
+    # transformers' sdpa path passes GQA to the kernel only without an attention
+    # mask; a padded batch carries a mask and k/v are repeated to all heads.
+    kv_saved = arch.q_dim if (gqa and padded) else arch.kv_dim
+    norm = 4 * h + 4  # RMSNorm upcasts to fp32 and keeps it plus rsqrt (LlamaRMSNorm)
+    per_layer: float = arch.norms_per_layer * norm
+    if arch.qk_norm:
+        per_layer += 4 * (arch.q_dim + arch.kv_dim)
+    # flash / memory-efficient sdpa on CUDA keep q, k, v, the output and a
+    # per-head fp32 logsumexp; no s x s scores (what a CUDA run uses).
+    per_layer += d.compute * (2 * arch.q_dim + 2 * kv_saved) + 4 * arch.num_attention_heads
+    # Gated MLP: SiLU keeps gate's output, the product keeps silu(gate) and up.
+    per_layer += 3 * d.residual * i
+    dora_weight_saved = 0.0
+    dora_temp = 0.0
+    for lin in targets:
+        per_layer += _lora_saved_per_token(lin, t.lora_rank, d, has_dropout)
+        if combo.dora:
+            per_layer += _dora_saved_per_token(lin, d)
+            dora_temp = max(dora_temp, _dora_weight_temporaries(lin, d))
+            if has_dropout:
+                # base output recomputed as F.linear(dropout(x), W): autocast keeps
+                # the 16-bit copy of W for the input gradient.
+                dora_weight_saved += lin.weight_numel * d.compute
+    # Transients while a block runs forward or backward: the MLP's pre-sum
+    # outputs and input gradients (i-wide) and the hidden-state gradients.
+    transient: float = tokens * (3 * d.compute * i + 2 * 4 * h)
+    if combo.quantize_base:
+        # bitsandbytes dequantizes each 4-bit weight to the compute dtype for the
+        # matmul, forward and backward (MatMul4Bit); one lives at a time.
+        transient += max(lin.weight_numel for lin in arch.block_linears()) * d.compute
+    transient += dora_temp
+
+    # -- logits: the fp32 cross-entropy of transformers' ForCausalLMLoss --
+    # forward: bf16 logits, their fp32 upcast, log_softmax output (kept);
+    # backward start: kept output, its gradient, and the input gradient: 12 B/token/vocab.
+    logits_bytes_per_token: float = 12 * V
+    if arch.final_logit_softcapping:
+        logits_bytes_per_token += 8 * V  # tanh soft-capping keeps two more fp32 copies
+    logits: float = tokens * logits_bytes_per_token + tokens * (4 * h + 4)  # + final norm
+    if combo.quantize_base and d.autocast:
+        # lm_head was upcast to fp32; autocast casts it to 16-bit for the matmul and
+        # the cast is saved for the input gradient until the head's backward.
+        logits += arch.vocab_size * h * d.compute
+    mask: float = tokens * t.seq_len if padded else 0  # 4-D bool mask shared by all blocks
+
+    if t.gradient_checkpointing:
+        # transformers checkpoints each decoder layer (non-reentrant): only its
+        # input survives the forward; backward recomputes one layer at a time.
+        kept: float = L * tokens * d.residual * h + mask
+        layer_peak = tokens * per_layer + dora_weight_saved + transient
+        activations = kept + max(logits, layer_peak)
+        phase: Phase = "backward"
+    else:
+        kept = L * (tokens * per_layer + dora_weight_saved) + mask
+        activations = kept + max(logits, transient)
+        phase = "backward"
+
+    # Gradients accumulate through backward; with gradient accumulation they
+    # also live through the next micro batches' forward.
+    step_peak = weights + adapter + optimizer + gradients + activations
+    # The optimizer step: torch's foreach AdamW holds about one parameter-sized temporary.
+    opt_peak = weights + adapter + optimizer + gradients + trainable * 4.0
+    if opt_peak > step_peak:
+        phase = "optimizer"
+        activations = trainable * 4.0
+
+    if gpu_count > 1:
+        # Layer-wise model parallelism: blocks (their weights, adapters, state and
+        # activations) spread over the cards; the logits stay on the last card.
+        share = 1.0 / gpu_count
+        weights, adapter, gradients, optimizer = (
+            weights * share,
+            adapter * share,
+            gradients * share,
+            optimizer * share,
+        )
+        activations = (
+            (activations - logits) * share + logits
+            if phase != "optimizer"
+            else (activations * share)
+        )
+        assumptions.append(
+            f"split over {gpu_count} cards layer by layer (device_map='auto'); figures per card"
+        )
+
+    allocated = weights + adapter + gradients + optimizer + activations
+    reserved = allocated * (1 + ALLOCATOR_SLACK)
+    total = reserved + CUDA_CONTEXT_BYTES
+    assumptions.append(f"lora_dropout {dropout:g}")
+    if t.seq_len > (arch.max_position_embeddings or t.seq_len):
+        assumptions.append(
+            f"seq_len {t.seq_len} exceeds the model's max_position_embeddings "
+            f"{arch.max_position_embeddings}"
+        )
+    return MemoryEstimate(
+        variant=combo.variant,
+        combine_with=combo.combine_with,
+        method="analytic",
+        breakdown=Breakdown(
+            weights=weights,
+            adapter=adapter,
+            gradients=gradients,
+            optimizer=optimizer,
+            activations=activations,
+            overhead=total - allocated,
+        ),
+        peak_phase=phase,
+        reserved_bytes=reserved,
+        total_bytes=total,
+        trainable_params=trainable,
+        total_params=arch.total_params,
+        gpu_count=gpu_count,
+        assumptions=tuple(assumptions),
+    )
+
+
+def weights_only_bytes(arch: Architecture, quantized: bool, double_quant: bool = True) -> float:
+    """Weights as loaded for inference (no training preparation): 16-bit, or NF4
+    block linears with 16-bit embeddings, head and norms."""
+    if not quantized:
+        return float(arch.total_params * 2)
+    per_param = NF4_DQ_BYTES_PER_PARAM if double_quant else (4 + 32 / 64) / 8
+    return arch.block_linear_weight_params * per_param + arch.unquantized_params * 2

@@ -1,0 +1,196 @@
+"""The profile a user sends: hardware, model, training settings and goal.
+
+These field names are the public contract of ``POST /v1/recommendations`` and
+``POST /v1/estimates``. Each field is documented once, here: type, unit, and
+what it does to memory, speed and quality. Validation messages name the field,
+the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"]
+Precision = Literal["bf16", "fp16", "fp32"]
+Priority = Literal["memory", "quality", "speed", "none"]
+VariantName = Literal["lora", "qlora", "dora", "loraplus"]
+
+VARIANT_NAMES: tuple[VariantName, ...] = ("lora", "qlora", "dora", "loraplus")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(_Strict):
+    """The card(s) the job would run on. Give ``gpu`` (a catalog id) or ``gpu_memory_gib``."""
+
+    gpu: str | None = Field(
+        default=None,
+        description=(
+            "GPU catalog id such as 't4', 'rtx-4090', 'a100-80gb', 'h100-80gb' (case, spaces "
+            "and punctuation are forgiven). Supplies the memory and whether the card has bf16. "
+            "See GET /v1/catalog/gpus."
+        ),
+        examples=["rtx-4090"],
+    )
+    gpu_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        le=4096,
+        description=(
+            "Memory of one card in GiB (2^30 bytes), as nvidia-smi reports it. Overrides the "
+            "catalog figure when both are given; alone, it describes an uncatalogued card "
+            "(assumed to support bf16)."
+        ),
+    )
+    gpu_count: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Cards in the machine. Above 1 the estimate assumes layer-wise model parallelism "
+            "(transformers' device_map='auto'): the layers, and their memory, are split "
+            "across the cards; the logits stay on the last card."
+        ),
+    )
+
+
+class ModelRef(_Strict):
+    """The base model: a catalog name or a Hugging Face ``config.json``."""
+
+    name: str | None = Field(
+        default=None,
+        description="Model id from the catalog (GET /v1/catalog/models), e.g. "
+        "'meta-llama/Llama-2-7b-hf'. Matching is forgiving of case and of the org prefix.",
+        examples=["meta-llama/Llama-2-7b-hf"],
+    )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="A Hugging Face causal-LM config.json, for any model not in the catalog "
+        "(Llama, Mistral, Qwen2/3, Gemma/Gemma-2, Phi-3 families and Llama-like others).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelRef:
+        if (self.name is None) == (self.config is None):
+            raise ValueError(
+                "give exactly one of model.name (a catalog id) or model.config (a config.json)"
+            )
+        return self
+
+
+TargetModules = Literal["all-linear"] | Annotated[list[str], Field(min_length=1)]
+
+
+class TrainingSettings(_Strict):
+    """How the job trains. Every field has a default that suits a first run."""
+
+    seq_len: int = Field(
+        default=2048,
+        ge=1,
+        le=1_048_576,
+        description="Tokens per sequence. Activation and logits memory grow linearly with it.",
+    )
+    micro_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Sequences per forward/backward pass. Activations grow linearly with it; "
+        "the effective batch is micro_batch_size x gradient_accumulation_steps x gpus.",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=65536,
+        description="Micro batches per optimizer step. Costs no activation memory; gradients "
+        "then live across micro batches.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=True,
+        description="Keep only each block's input in the forward pass and recompute the rest "
+        "in backward: activations fall from every tensor of every block to one per block, "
+        "for about 30% more step time.",
+    )
+    lora_rank: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="LoRA rank r. Adapter parameters, their gradients and optimizer state grow "
+        "linearly with it; quality gains flatten beyond 16-64 for most tasks.",
+    )
+    target_modules: TargetModules = Field(
+        default="all-linear",
+        description="'all-linear' (every linear layer of the blocks, as in QLoRA) or a list of "
+        "module names such as ['q_proj', 'v_proj']. More targets: more adapter memory, "
+        "usually better quality.",
+    )
+    optimizer: Optimizer = Field(
+        default="adamw",
+        description="adamw: 8 bytes of fp32 state per trainable parameter; adamw_8bit and "
+        "paged_adamw_8bit (bitsandbytes): 2 bytes; paged also survives memory spikes by "
+        "paging to the host; sgd: none.",
+    )
+    precision: Precision = Field(
+        default="bf16",
+        description="Compute precision. bf16 or fp16 halve weight and activation memory against "
+        "fp32; a card without bf16 (T4, V100) is planned in fp16.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise ValueError("module names must be non-empty strings")
+            if len(set(value)) != len(value):
+                raise ValueError("module names must not repeat")
+        return value
+
+
+class Goal(_Strict):
+    """What matters most for this job: the seed's decision-tree questions."""
+
+    priority: Priority = Field(
+        default="none",
+        description="memory: fit on the smallest card (QLoRA); quality: close the gap to full "
+        "fine-tuning (DoRA, when LoRA shows a gap); speed: reach target quality in fewer "
+        "steps (LoRA+); none: plain LoRA.",
+    )
+    lora_quality_gap: bool = Field(
+        default=False,
+        description="True when plain LoRA was tried and fell short of the quality needed. With "
+        "priority 'quality' this is what makes DoRA worth its extra step time.",
+    )
+
+
+class Profile(_Strict):
+    """Body of POST /v1/recommendations."""
+
+    hardware: Hardware = Field(default_factory=Hardware)
+    model: ModelRef
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    goal: Goal = Field(default_factory=Goal)
+
+
+class EstimateRequest(_Strict):
+    """Body of POST /v1/estimates: one variant's memory."""
+
+    model: ModelRef
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    variant: VariantName = Field(default="lora", description="lora, qlora, dora or loraplus.")
+    combine_with: list[VariantName] = Field(
+        default_factory=list,
+        description="Further variants combined with `variant`, e.g. variant 'qlora' with ['dora'].",
+    )
+    hardware: Hardware | None = Field(
+        default=None, description="When given, the answer says whether it fits."
+    )
+    method: Literal["analytic", "trace"] = Field(
+        default="analytic",
+        description="analytic: the closed-form model (milliseconds). trace: run one real "
+        "training step of this architecture on PyTorch's meta device and measure it.",
+    )

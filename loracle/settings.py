@@ -1,0 +1,60 @@
+"""One settings object per process, read from ``LORACLE_*`` environment variables.
+
+The API and the worker read the same variables, so ``loracle serve`` and
+``loracle worker`` started with one environment agree on the data directory,
+job store and broker. Tests override ``get_settings`` (FastAPI dependency
+overrides) rather than patching the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORACLE_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="Uploaded files, checkpoints, adapters and the embedded job store live here.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job store; default: SQLite at "
+        "$LORACLE_DATA_DIR/loracle.db. PostgreSQL: postgresql+psycopg://user@host/db.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://127.0.0.1:6379/0. Unset: the embedded "
+        "broker that needs no server (see loracle/queue.py).",
+    )
+    model_roots: str | None = Field(
+        default=None,
+        description="Colon-separated directories that local model paths must lie in; default "
+        "$LORACLE_DATA_DIR/models.",
+    )
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'loracle.db'}"
+
+    @property
+    def allowed_model_roots(self) -> list[Path]:
+        if self.model_roots:
+            return [Path(p).expanduser().resolve() for p in self.model_roots.split(":") if p]
+        return [self.data_dir / "models"]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
