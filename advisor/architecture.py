@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from advisor.errors import InvalidInput, Problem
@@ -90,18 +91,22 @@ class Architecture:
     def kv_dim(self) -> int:
         return self.num_key_value_heads * self.head_dim
 
-    def block_linears(self) -> list[Linear]:
+    def block_linears(self) -> tuple[Linear, ...]:
         """The linear layers of one block, named as transformers names them."""
+        return self._block_linears
+
+    @cached_property
+    def _block_linears(self) -> tuple[Linear, ...]:
         h, i = self.hidden_size, self.intermediate_size
         qkv_b = self.attention_bias or self.qkv_bias
         if self.fused:
-            return [
+            return (
                 Linear("qkv_proj", h, self.q_dim + 2 * self.kv_dim, qkv_b),
                 Linear("o_proj", self.q_dim, h, self.attention_bias),
                 Linear("gate_up_proj", h, 2 * i, self.mlp_bias),
                 Linear("down_proj", i, h, self.mlp_bias),
-            ]
-        return [
+            )
+        return (
             Linear("q_proj", h, self.q_dim, qkv_b),
             Linear("k_proj", h, self.kv_dim, qkv_b),
             Linear("v_proj", h, self.kv_dim, qkv_b),
@@ -109,7 +114,7 @@ class Architecture:
             Linear("gate_proj", h, i, self.mlp_bias),
             Linear("up_proj", h, i, self.mlp_bias),
             Linear("down_proj", i, h, self.mlp_bias),
-        ]
+        )
 
     @property
     def linear_names(self) -> list[str]:
@@ -117,18 +122,18 @@ class Architecture:
 
     # -- parameter counts --------------------------------------------------------
 
-    @property
+    @cached_property
     def block_linear_weight_params(self) -> int:
         """Weights of all blocks' linear layers: what NF4 quantizes (biases stay 16-bit)."""
         return self.num_hidden_layers * sum(lin.weight_numel for lin in self.block_linears())
 
-    @property
+    @cached_property
     def block_bias_params(self) -> int:
         return self.num_hidden_layers * sum(
             lin.out_features for lin in self.block_linears() if lin.bias
         )
 
-    @property
+    @cached_property
     def norm_params(self) -> int:
         per_layer = self.norms_per_layer * self.hidden_size
         if self.qk_norm:
@@ -144,7 +149,7 @@ class Architecture:
         """Zero when tied: the head reuses the embedding matrix (one storage)."""
         return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
 
-    @property
+    @cached_property
     def total_params(self) -> int:
         return (
             self.embedding_params
@@ -167,7 +172,7 @@ class Architecture:
         linears = self.block_linears()
         if isinstance(target_modules, str):
             if target_modules == "all-linear":
-                return linears
+                return list(linears)
             target_modules = [target_modules]
         wanted = set(target_modules)
         unknown = sorted(wanted - {lin.name for lin in linears})

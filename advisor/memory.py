@@ -145,22 +145,23 @@ class _Dtypes:
     autocast: bool
 
 
-def _dtypes(t: TrainingSettings, combo: Combination) -> _Dtypes:
+def _dtypes(t: TrainingSettings) -> _Dtypes:
     fp32 = t.precision == "fp32"
-    # QLoRA: peft.prepare_model_for_kbit_training casts every non-4-bit parameter
-    # (embeddings, norms, lm_head) to fp32, so the embedding output and with it
-    # the residual stream are fp32; bitsandbytes' Linear4bit returns its output
-    # in the input's dtype.
-    residual = 4 if (fp32 or combo.quantize_base) else 2
-    return _Dtypes(
-        compute=4 if fp32 else 2, weight=4 if fp32 else 2, residual=residual, autocast=not fp32
-    )
+    # QLoRA too: the worker runs peft.prepare_model_for_kbit_training (freezing,
+    # input gradients, checkpointing) and then returns every non-4-bit weight it
+    # upcast to fp32 back to the compute dtype. Left in fp32, a 128k-vocabulary
+    # embedding costs 2 GiB more on Llama-3-8B, and fp32 norm weights promote the
+    # residual stream and the MLP to fp32 (bitsandbytes' Linear4bit answers in its
+    # input's dtype), which makes QLoRA's activations larger than LoRA's.
+    width = 4 if fp32 else 2
+    return _Dtypes(compute=width, weight=width, residual=width, autocast=not fp32)
 
 
 def _weights(arch: Architecture, d: _Dtypes, combo: Combination) -> float:
     if combo.quantize_base:
         return (
-            arch.block_linear_weight_params * NF4_DQ_BYTES_PER_PARAM + arch.unquantized_params * 4
+            arch.block_linear_weight_params * NF4_DQ_BYTES_PER_PARAM
+            + arch.unquantized_params * d.weight
         )
     return float(arch.total_params * d.weight)
 
@@ -181,8 +182,7 @@ def _dora_saved_per_token(lin: Linear, d: _Dtypes) -> float:
     """DoRA's output is (m/||W + sBA|| - 1) * base + m/||.|| * lora * s: both the base
     result and the LoRA result are kept for the magnitude's gradient (peft
     ``DoraLinearLayer.forward``)."""
-    base_result = d.residual if d.residual == 4 else d.compute
-    return lin.out_features * (base_result + (d.compute if d.autocast else 4))
+    return lin.out_features * 2 * d.compute
 
 
 def _dora_weight_temporaries(lin: Linear, d: _Dtypes) -> float:
@@ -203,7 +203,7 @@ def estimate(
 ) -> MemoryEstimate:
     """Peak memory of one training step (the second: optimizer state exists)."""
     t = training
-    d = _dtypes(t, combo)
+    d = _dtypes(t)
     dropout = default_lora_dropout(combo) if lora_dropout is None else lora_dropout
     has_dropout = dropout > 0
     h, i, L, V = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers, arch.vocab_size
@@ -260,10 +260,6 @@ def estimate(
     if arch.final_logit_softcapping:
         logits_bytes_per_token += 8 * V  # tanh soft-capping keeps two more fp32 copies
     logits: float = tokens * logits_bytes_per_token + tokens * (4 * h + 4)  # + final norm
-    if combo.quantize_base and d.autocast:
-        # lm_head was upcast to fp32; autocast casts it to 16-bit for the matmul and
-        # the cast is saved for the input gradient until the head's backward.
-        logits += arch.vocab_size * h * d.compute
     mask: float = tokens * t.seq_len if padded else 0  # 4-D bool mask shared by all blocks
 
     if t.gradient_checkpointing:
@@ -337,10 +333,14 @@ def estimate(
     )
 
 
-def weights_only_bytes(arch: Architecture, quantized: bool, double_quant: bool = True) -> float:
-    """Weights as loaded for inference (no training preparation): 16-bit, or NF4
-    block linears with 16-bit embeddings, head and norms."""
+def weights_only_bytes(
+    arch: Architecture, quantized: bool, double_quant: bool = True, rest_bytes: int = 2
+) -> float:
+    """Weights without training state: 16-bit, or NF4 block linears (with or without
+    double quantization) plus the rest (embeddings, head, norms, biases) at
+    ``rest_bytes``: 2 as loaded for inference, 4 once
+    prepare_model_for_kbit_training has upcast them for training."""
     if not quantized:
         return float(arch.total_params * 2)
     per_param = NF4_DQ_BYTES_PER_PARAM if double_quant else (4 + 32 / 64) / 8
-    return arch.block_linear_weight_params * per_param + arch.unquantized_params * 2
+    return arch.block_linear_weight_params * per_param + arch.unquantized_params * rest_bytes

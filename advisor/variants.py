@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from advisor.errors import InvalidInput, Problem
 from advisor.profile import VARIANT_NAMES, VariantName
@@ -72,23 +73,23 @@ class Combination:
     variant: VariantName
     combine_with: tuple[VariantName, ...] = ()
 
-    @property
+    @cached_property
     def members(self) -> tuple[VariantSpec, ...]:
         return (VARIANTS[self.variant], *(VARIANTS[v] for v in self.combine_with))
 
-    @property
+    @cached_property
     def quantize_base(self) -> bool:
         return any(m.quantize_base for m in self.members)
 
-    @property
+    @cached_property
     def dora(self) -> bool:
         return any(m.dora for m in self.members)
 
-    @property
+    @cached_property
     def loraplus(self) -> bool:
         return any(m.loraplus for m in self.members)
 
-    @property
+    @cached_property
     def label(self) -> str:
         return " + ".join(m.title for m in self.members)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
@@ -41,7 +41,7 @@ class CatalogModel:
     published_total_params: int | None
     published_block_linear_params: int | None
 
-    @property
+    @cached_property
     def architecture(self) -> Architecture:
         return from_hf_config(self.config, where=f"model.name[{self.id}]")
 

@@ -1,0 +1,78 @@
+"""Recommendations per second: in-process, and over HTTP against a bare FastAPI
+endpoint returning a body of the same size, on the same server settings, with the
+same load generator, in one run. Reported as a ratio (goal: at least 0.8).
+
+    python -m bench advice [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from bench._common import post_load, uvicorn_server, write_results
+
+PROFILE = {
+    "hardware": {"gpu": "rtx-4080"},
+    "model": {"name": "meta-llama/Llama-2-7b-hf"},
+    "training": {"seq_len": 4096},
+    "goal": {"priority": "speed"},
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog="python -m bench advice")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    from fastapi.testclient import TestClient
+
+    from advisor.decide import recommend
+    from advisor.profile import Profile
+    from api.main import create_app
+
+    profile = Profile.model_validate(PROFILE)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+        recommend(profile)
+        n += 1
+    in_process = n / (time.perf_counter() - start)
+
+    body = json.dumps(PROFILE).encode()
+    # Every cold request is a distinct profile (its own seq_len), so the server's
+    # answer cache never hits; the hot run repeats one profile.
+    cold = [
+        json.dumps({**PROFILE, "training": {"seq_len": 512 + i}}).encode() for i in range(200_000)
+    ]
+    answer = (
+        TestClient(create_app())
+        .post("/v1/recommendations", content=body, headers={"content-type": "application/json"})
+        .content
+    )
+    assert b'"variant"' in answer, answer
+    with uvicorn_server("api.main:app") as port:
+        hot = post_load(port, "/v1/recommendations", [body], args.seconds)
+        cold_rate = post_load(port, "/v1/recommendations", cold, args.seconds)
+    with uvicorn_server("bench.bare_app:app", {"LORACLE_BENCH_BODY": answer.decode()}) as port:
+        bare = post_load(port, "/v1/recommendations", [body], args.seconds)
+
+    figures = {
+        "in_process_per_s": round(in_process, 1),
+        "http_repeated_profile_per_s": round(hot, 1),
+        "http_distinct_profiles_per_s": round(cold_rate, 1),
+        "bare_http_per_s": round(bare, 1),
+        "ratio_repeated_to_bare": round(hot / bare, 3),
+        "ratio_distinct_to_bare": round(cold_rate / bare, 3),
+        "goal_ratio": 0.8,
+        "response_bytes": len(answer),
+    }
+    path = write_results("advice", figures)
+    for key, value in figures.items():
+        print(f"{key:>22}: {value}")
+    print(f"written to {path}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+
+from advisor.architecture import from_hf_config
+from advisor.catalog.models import find_model, models
+from advisor.errors import InvalidInput
+
+
+@pytest.mark.parametrize("entry", models(), ids=lambda m: m.id)
+def test_catalog_reproduces_published_parameter_counts(entry):
+    arch = entry.architecture
+    if entry.published_total_params is not None:
+        assert arch.total_params == entry.published_total_params
+    if entry.published_block_linear_params is not None:
+        assert arch.block_linear_weight_params == entry.published_block_linear_params
+
+
+def test_catalog_covers_the_reference_models():
+    ids = {m.id for m in models()}
+    for name in (
+        "meta-llama/Llama-2-7b-hf",
+        "meta-llama/Llama-3.1-70B",
+        "Qwen/Qwen2.5-72B",
+        "google/gemma-2-9b",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "HuggingFaceTB/SmolLM2-135M",
+    ):
+        assert name in ids
+
+
+def llama_config(**overrides):
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+        "tie_word_embeddings": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def test_gqa_shrinks_k_and_v():
+    arch = from_hf_config(llama_config())
+    sizes = {lin.name: (lin.in_features, lin.out_features) for lin in arch.block_linears()}
+    assert sizes["q_proj"] == (256, 256)
+    assert sizes["k_proj"] == (256, 64)
+    assert sizes["v_proj"] == (256, 64)
+
+
+def test_tied_embeddings_count_once():
+    untied = from_hf_config(llama_config())
+    tied = from_hf_config(llama_config(tie_word_embeddings=True))
+    assert untied.total_params - tied.total_params == 1000 * 256
+
+
+def test_qwen2_has_qkv_biases_and_phi3_is_fused():
+    qwen = from_hf_config(llama_config(model_type="qwen2"))
+    assert [lin.bias for lin in qwen.block_linears()[:4]] == [True, True, True, False]
+    phi = from_hf_config(llama_config(model_type="phi3"))
+    assert phi.linear_names == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    llama = from_hf_config(llama_config())
+    assert phi.block_linear_weight_params == llama.block_linear_weight_params
+
+
+def test_gemma2_head_dim_and_four_norms():
+    arch = from_hf_config(llama_config(model_type="gemma2", head_dim=64))
+    assert arch.q_dim == 8 * 64
+    assert arch.norms_per_layer == 4
+    assert arch.tie_word_embeddings is False  # stated in the config, wins over the default
+
+
+def test_text_config_of_multimodal_wrappers_is_read():
+    arch = from_hf_config({"model_type": "gemma3", "text_config": llama_config()})
+    assert arch.hidden_size == 256
+
+
+def test_missing_fields_are_all_reported_with_the_fix():
+    with pytest.raises(InvalidInput) as info:
+        from_hf_config({"model_type": "llama", "hidden_size": 64})
+    fields = {p.field for p in info.value.problems}
+    assert fields == {
+        "model.config.intermediate_size",
+        "model.config.num_hidden_layers",
+        "model.config.num_attention_heads",
+        "model.config.vocab_size",
+    }
+    assert all("needs" in p.message for p in info.value.problems)
+
+
+def test_bad_values_and_gqa_mismatch():
+    with pytest.raises(InvalidInput) as info:
+        from_hf_config(llama_config(hidden_size=-4, num_key_value_heads=3))
+    messages = {p.field: p.message for p in info.value.problems}
+    assert "positive integer" in messages["model.config.hidden_size"]
+    assert "multiple of num_key_value_heads" in messages["model.config.num_key_value_heads"]
+
+
+def test_mixture_of_experts_is_refused():
+    with pytest.raises(InvalidInput, match="mixture-of-experts"):
+        from_hf_config(llama_config(model_type="mixtral", num_local_experts=8))
+
+
+def test_unknown_family_is_read_as_llama_like_and_says_so():
+    arch = from_hf_config(llama_config(model_type="mystery"))
+    assert any("Llama-style" in n for n in arch.notes)
+
+
+def test_lora_and_dora_parameter_counts():
+    arch = find_model("meta-llama/Llama-2-7b-hf").architecture
+    # r=8 on q and v: 32 layers x 2 modules x 8 x (4096 + 4096)
+    assert arch.lora_params(8, ["q_proj", "v_proj"]) == 32 * 2 * 8 * 8192
+    # DoRA adds one magnitude per output feature of each adapted layer
+    assert arch.lora_params(8, ["q_proj", "v_proj"], dora=True) == 32 * 2 * (8 * 8192 + 4096)
+
+
+def test_unknown_target_module_names_the_known_ones():
+    arch = find_model("meta-llama/Llama-2-7b-hf").architecture
+    with pytest.raises(InvalidInput, match="q_proj"):
+        arch.lora_params(8, ["query"])
