@@ -178,4 +178,6 @@ def test_no_valid_request_gets_a_500(profile):
     if r.status_code == 200:
         body = r.json()
         assert body["variant"] in ("lora", "qlora", "dora", "loraplus")
-        assert body["fits"] == (body["estimate"]["total_gib"] <= body["hardware"]["memory_gib"])
+        total, card = body["estimate"]["total_gib"], body["hardware"]["memory_gib"]
+        # figures are rounded to 3 decimals: compare with that tolerance
+        assert (total <= card + 5e-4) if body["fits"] else (total >= card - 5e-4)
