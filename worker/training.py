@@ -1,0 +1,461 @@
+"""One fine-tuning run, top to bottom: `run_training(plan) -> TrainingResult`.
+
+The loop is transformers' `Trainer` (gradient accumulation, mixed precision, schedulers,
+checkpoints with RNG state, resume); this module only builds its inputs from the plan and
+hooks in with a callback. How the model is built lives in `worker.modeling`, the data in
+`worker.data`, the record in `worker.artifacts`.
+
+Layout of `plan.output_dir`:
+
+    checkpoints/checkpoint-<step>/   Trainer checkpoints, every `checkpoint_steps` steps
+    adapter/                          the final adapter and the run record (succeeded runs only)
+
+Semantics a caller relies on:
+
+- Cancel: `hooks.should_stop()` is asked after every micro-batch and every optimizer step;
+  once it says True the Trainer stops before the next optimizer step. The result has status
+  "cancelled", no adapter is written (`adapter/` keeps whatever a previous successful run left
+  there), and the checkpoints stay so a later run can resume.
+- Resume: with `resume=True`, the newest complete checkpoint in `checkpoints/` (one whose
+  trainer_state.json, written last by the Trainer, exists and parses, next to the adapter,
+  optimizer and scheduler files) is resumed, and a `resumed` event names its step. Incomplete
+  ones (a crash mid-write) are skipped with a warning. With `resume=False` existing
+  checkpoints are deleted first, so a later resume never picks up a stale run.
+- Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` since the start of
+  the run. On CPU, the growth of the process's resident set size (RSS) over its value at the
+  start of the run, sampled every 10 ms by a thread: it includes the model weights, adapters,
+  optimizer state, activations and allocator caches, and misses spikes shorter than a sample.
+- Throughput: non-padding tokens (the attention mask's sum) per second of this call's
+  training time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from worker import artifacts, data, modeling
+from worker.plan import TrainingPlan
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+# Files a Trainer checkpoint of a PEFT model holds once complete; trainer_state.json last.
+CHECKPOINT_FILES = (
+    "adapter_model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "trainer_state.json",
+)
+
+
+class TrainingHooks:
+    """How a caller (a Celery task, the CLI) follows and steers a run. Override what you need.
+
+    `should_stop` is called after every micro-batch: keep it cheap (throttle a database
+    query on the caller's side).
+    """
+
+    def on_event(self, type: str, data: dict[str, Any]) -> None:
+        """Something happened: `started`, `warning`, `resumed`, `checkpoint`, `cancelled`,
+        `finished`. `data` is JSON-serialisable."""
+
+    def on_progress(
+        self,
+        step: int,
+        total_steps: int,
+        loss: float,
+        learning_rate: float,
+        tokens_per_second: float,
+        eta_seconds: float | None,
+    ) -> None:
+        """Called at every logging step (`plan.logging_steps`)."""
+
+    def should_stop(self) -> bool:
+        """Return True to cancel the run cooperatively."""
+        return False
+
+
+class StepLog(BaseModel):
+    """One logged optimizer step: mean training loss since the previous log, learning rate
+    (lora_A's under LoRA+) and gradient norm before clipping."""
+
+    step: int
+    loss: float
+    learning_rate: float
+    grad_norm: float | None = None
+
+
+class PeakMemory(BaseModel):
+    """Measured peak memory of the run, in bytes; `measures` says what the numbers mean."""
+
+    device: str
+    measures: str
+    allocated_bytes: int | None = None
+    reserved_bytes: int | None = None
+    rss_baseline_bytes: int | None = None
+    rss_peak_bytes: int | None = None
+    rss_growth_bytes: int | None = None
+
+
+class TrainingResult(BaseModel):
+    """What a run did. `steps` is the optimizer step reached (counting steps done before a
+    resume), `losses` the whole logged history (also across a resume)."""
+
+    status: Literal["succeeded", "cancelled"]
+    steps: int
+    total_steps: int
+    final_loss: float | None
+    losses: list[StepLog]
+    eval_loss: float | None = None
+    tokens_seen: int
+    tokens_per_second: float
+    runtime_seconds: float
+    peak_memory: PeakMemory
+    resumed_from_step: int | None = None
+    trainable_parameters: int
+    all_parameters: int
+    device: str
+    precision: str
+    optimizer: str
+    warnings: list[str]
+    artifacts: dict[str, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+
+class MemoryMonitor:
+    """Peak memory between `start()` and `stop()`; see the module docstring for what it is."""
+
+    def __init__(self, device: str, interval_s: float = 0.01) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MemoryMonitor:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        import psutil
+
+        self._process = psutil.Process()
+        self.baseline = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def stop(self) -> PeakMemory:
+        if self.device == "cuda":
+            import torch
+
+            return PeakMemory(
+                device="cuda",
+                measures="torch.cuda.max_memory_allocated / max_memory_reserved since run start",
+                allocated_bytes=torch.cuda.max_memory_allocated(),
+                reserved_bytes=torch.cuda.max_memory_reserved(),
+            )
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        return PeakMemory(
+            device=self.device,
+            measures="process RSS growth over its value at run start, sampled every "
+            f"{self.interval_s * 1000:.0f} ms",
+            rss_baseline_bytes=self.baseline,
+            rss_peak_bytes=self.peak,
+            rss_growth_bytes=self.peak - self.baseline,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def find_resumable_checkpoint(checkpoints_dir: Path) -> tuple[Path | None, int, list[Path]]:
+    """The newest complete `checkpoint-<step>` in `checkpoints_dir` as (path, step), or
+    (None, 0), plus the incomplete ones newer than it."""
+    candidates = []
+    if checkpoints_dir.is_dir():
+        for path in checkpoints_dir.glob("checkpoint-*"):
+            suffix = path.name.removeprefix("checkpoint-")
+            if path.is_dir() and suffix.isdigit():
+                candidates.append((int(suffix), path))
+    skipped = []
+    for step, path in sorted(candidates, reverse=True):
+        if all((path / name).is_file() for name in CHECKPOINT_FILES):
+            try:
+                state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, OSError):
+                skipped.append(path)
+                continue
+            return path, int(state.get("global_step", step)), skipped
+        skipped.append(path)
+    return None, 0, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# The callback between the Trainer and the hooks
+# ---------------------------------------------------------------------------------------------
+
+
+def _make_callback(hooks: TrainingHooks):
+    from transformers import TrainerCallback
+
+    class HooksCallback(TrainerCallback):
+        """Forwards progress to the hooks and turns `should_stop()` into a Trainer stop."""
+
+        def __init__(self) -> None:
+            self.cancelled_at: int | None = None
+            self.started = 0.0
+            self.elapsed = 0.0
+            self.first_step = 0
+            self.first_tokens = 0
+
+        def session_tokens(self, state) -> int:
+            return state.num_input_tokens_seen - self.first_tokens
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+            self.first_step = state.global_step
+            self.first_tokens = state.num_input_tokens_seen
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.elapsed = time.perf_counter() - self.started
+
+        def _check_stop(self, state, control) -> None:
+            if self.cancelled_at is None and hooks.should_stop():
+                self.cancelled_at = state.global_step
+                control.should_training_stop = True
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            self._check_stop(state, control)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._check_stop(state, control)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            elapsed = time.perf_counter() - self.started
+            done = state.global_step - self.first_step
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+            hooks.on_progress(
+                state.global_step,
+                state.max_steps,
+                float(logs["loss"]),
+                float(logs.get("learning_rate", 0.0)),
+                self.session_tokens(state) / elapsed if elapsed > 0 else 0.0,
+                eta,
+            )
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            hooks.on_event("checkpoint", {"step": state.global_step, "path": str(path)})
+
+    return HooksCallback()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _training_arguments(plan: TrainingPlan, device: str, checkpoints_dir: Path):
+    from transformers import TrainingArguments
+
+    scheduler = plan.lr_scheduler
+    if scheduler == "constant" and plan.warmup_ratio > 0:
+        scheduler = "constant_with_warmup"
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        num_train_epochs=plan.epochs,
+        max_steps=plan.max_steps or -1,
+        per_device_train_batch_size=plan.micro_batch_size,
+        per_device_eval_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        learning_rate=plan.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=plan.warmup_ratio,  # below 1: a fraction of the total steps
+        optim=modeling.TRAINER_OPTIM[plan.optimizer],
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        gradient_checkpointing=plan.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="steps" if plan.checkpoint_steps else "no",
+        save_steps=plan.checkpoint_steps or 500,
+        save_total_limit=plan.checkpoint_limit,
+        logging_strategy="steps",
+        logging_steps=plan.logging_steps,
+        eval_strategy="no",
+        seed=plan.seed,
+        data_seed=plan.seed,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        # Tokenized examples are in memory; worker processes would only add start-up time.
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+        # Counts attention_mask.sum() per micro-batch: a device-to-host sync each time.
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def run_training(
+    plan: TrainingPlan, hooks: TrainingHooks | None = None, resume: bool = True
+) -> TrainingResult:
+    """Run one plan to the end (or to a cancel) and return what happened.
+
+    Raises `DataFileError` for unusable data, `ModelSourceError` for a refused model, and lets
+    library errors (out of memory, a broken checkpoint) propagate: the caller records them.
+    """
+    import transformers
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    hooks = hooks or TrainingHooks()
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        hooks.on_event("warning", {"message": message})
+
+    device = modeling.detect_device()
+    requested = plan
+    plan, fallbacks = modeling.resolve_plan(plan, device)
+    for message in fallbacks:
+        warn(message)
+    output_dir = plan.output_dir
+    checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and checkpoints_dir.exists():
+        shutil.rmtree(checkpoints_dir)
+
+    monitor = MemoryMonitor(device).start()
+    try:
+        # Seeds the adapter initialization (lora_A is random) before the model is built.
+        transformers.set_seed(plan.seed)
+        model, tokenizer = modeling.load_model_and_tokenizer(plan, device)
+        trainable, total = model.get_nb_trainable_parameters()
+
+        train = data.tokenize_file(plan.train_file, tokenizer, plan.seq_len)
+        if train.dropped:
+            warn(
+                f"data: {train.dropped} of {train.rows} rows had no trained token within "
+                f"seq_len={plan.seq_len} and were skipped; raise seq_len to keep them"
+            )
+        if train.truncated:
+            warn(f"data: {train.truncated} of {train.rows} rows were cut to seq_len={plan.seq_len}")
+        evaluation = (
+            data.tokenize_file(plan.validation_file, tokenizer, plan.seq_len).examples
+            if plan.validation_file
+            else None
+        )
+
+        callback = _make_callback(hooks)
+        trainer = Trainer(
+            model=model,
+            args=_training_arguments(plan, device, checkpoints_dir),
+            train_dataset=train.examples,
+            eval_dataset=evaluation,
+            data_collator=data.PadCollator(tokenizer.pad_token_id),
+            optimizers=(modeling.build_optimizer(model, plan), None),
+            callbacks=[callback],
+        )
+        # With tqdm off the Trainer prints every log dict to stdout; the hooks report instead.
+        trainer.remove_callback(PrinterCallback)
+
+        hooks.on_event(
+            "started",
+            {
+                "device": device,
+                "precision": plan.precision,
+                "optimizer": plan.optimizer,
+                "variant": plan.variant,
+                "combine_with": plan.combine_with,
+                "train_rows": train.rows,
+                "trainable_parameters": trainable,
+                "all_parameters": total,
+            },
+        )
+        checkpoint, resumed_from, incomplete = (
+            find_resumable_checkpoint(checkpoints_dir) if resume else (None, 0, [])
+        )
+        for path in incomplete:
+            warn(f"checkpoint: {path.name} is incomplete (interrupted write) and was skipped")
+        if checkpoint is not None:
+            hooks.on_event("resumed", {"step": resumed_from, "checkpoint": str(checkpoint)})
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        eval_loss = None
+        if evaluation and callback.cancelled_at is None:
+            eval_loss = float(trainer.evaluate()["eval_loss"])
+    finally:
+        peak = monitor.stop()
+
+    state = trainer.state
+    losses = [
+        StepLog(
+            step=entry["step"],
+            loss=entry["loss"],
+            learning_rate=entry.get("learning_rate", 0.0),
+            grad_norm=entry.get("grad_norm"),
+        )
+        for entry in state.log_history
+        if "loss" in entry
+    ]
+    tokens = callback.session_tokens(state)
+    result = TrainingResult(
+        status="cancelled" if callback.cancelled_at is not None else "succeeded",
+        steps=state.global_step,
+        total_steps=state.max_steps,
+        final_loss=losses[-1].loss if losses else None,
+        losses=losses,
+        eval_loss=eval_loss,
+        tokens_seen=tokens,
+        tokens_per_second=tokens / callback.elapsed if callback.elapsed > 0 else 0.0,
+        runtime_seconds=callback.elapsed,
+        peak_memory=peak,
+        resumed_from_step=resumed_from if checkpoint is not None else None,
+        trainable_parameters=trainable,
+        all_parameters=total,
+        device=device,
+        precision=plan.precision,
+        optimizer=plan.optimizer,
+        warnings=warnings,
+        artifacts={"checkpoints_dir": str(checkpoints_dir)},
+    )
+    if result.status == "cancelled":
+        hooks.on_event("cancelled", {"step": result.steps})
+        return result
+
+    result.artifacts.update(artifacts.artifact_paths(output_dir))
+    metrics = result.model_dump(mode="json", exclude={"artifacts"})
+    metrics["estimate"] = plan.estimate
+    artifacts.write_adapter(
+        model,
+        output_dir,
+        plan=artifacts.plan_record(plan, requested=requested, device=device, warnings=warnings),
+        metrics=metrics,
+        steps=[entry.step for entry in losses],
+        losses=[entry.loss for entry in losses],
+    )
+    hooks.on_event(
+        "finished", {"step": result.steps, "final_loss": result.final_loss, **result.artifacts}
+    )
+    return result
