@@ -6,7 +6,9 @@ learnable pattern (a fixed cycle of words, so each word predicts the next) on wh
 training loss of a LoRA adapter falls within 20-40 optimizer steps.
 
 Tests build these once per session through fixtures (see `tests/worker/conftest.py`); the
-functions are plain so that other test packages can build their own copies.
+functions are plain so that other test packages can build their own copies. `plan_dict`
+gives a 30-step plan for the tiny model, and `RecordingHooks` records a run's events and
+progress (and can cancel it after a given step) for tests of code that drives training.
 """
 
 from __future__ import annotations
