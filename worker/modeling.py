@@ -67,8 +67,10 @@ def _is_local(model: str) -> bool:
 def resolve_model_source(model: str, allowed_roots: list[Path]) -> str:
     """Check a model reference and return what `from_pretrained` should load.
 
-    A hub id (`org/name`) is returned unchanged. Anything else is a local directory: absolute,
-    or starting with `.` or `~`; it is resolved (symlinks followed) and must lie inside one of
+    A hub id (`org/name`) is returned unchanged. Anything else is a local directory (absolute,
+    starting with `.` or `~`, with several slashes, or an existing path relative to the working
+    directory, which `from_pretrained` would load before asking the Hub); it is resolved
+    (symlinks followed) and must lie inside one of
     `allowed_roots`, as must every file directly inside it (a weights file symlinked out of
     the root is refused too). It must hold a config.json without `auto_map` (which asks for
     code shipped with the model) and `.safetensors` weights. Returns the resolved directory.
