@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,10 +14,41 @@ import loracle
 from api import errors
 from api.advice.endpoints import router as advice_router
 from api.catalog.endpoints import router as catalog_router
+from api.deps import get_queue
+from api.files.endpoints import router as files_router
+from api.jobs.endpoints import router as jobs_router
+from api.jobs.service import dispatch_pending
+from loracle.settings import get_settings
+
+log = logging.getLogger("loracle.api")
+
+
+async def _dispatcher(app: FastAPI) -> None:
+    """Put queued jobs the broker never received (it was down at submission, or
+    lost them) back on the broker, every few seconds."""
+    while True:
+        settings = app.dependency_overrides.get(get_settings, get_settings)()
+        try:
+            await asyncio.to_thread(dispatch_pending, settings, get_queue(settings))
+        except Exception:  # the loop must outlive a bad round
+            log.exception("dispatch round failed")
+        await asyncio.sleep(settings.dispatch_interval_s)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    task = asyncio.create_task(_dispatcher(app))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="loracle",
         version=loracle.__version__,
         description="Which LoRA variant to use on your hardware, whether it fits, and a "
@@ -22,6 +57,8 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(advice_router)
     app.include_router(catalog_router)
+    app.include_router(files_router)
+    app.include_router(jobs_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -38,6 +38,17 @@ class Settings(BaseSettings):
         "$LORACLE_DATA_DIR/models.",
     )
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    worker_gpu: str | None = Field(
+        default=None,
+        description="GPU catalog id of the workers' card: the hardware variant 'auto' plans "
+        "for when a job's profile names none.",
+    )
+    worker_gpu_memory_gib: float | None = Field(default=None, gt=0)
+    dispatch_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the API re-sends queued jobs the broker never received.",
+    )
 
     @field_validator("data_dir")
     @classmethod

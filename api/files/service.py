@@ -1,0 +1,94 @@
+"""Storing and validating uploaded training files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from sqlalchemy.orm import Session
+
+from advisor.errors import Problem
+from api.errors import ApiError
+from loracle.settings import Settings
+from loracle.store import jobs as store
+from loracle.store.models import FileRow
+from worker.data import inspect_jsonl
+from worker.errors import DataFileError
+
+CHUNK = 1 << 20
+
+
+def file_out(row: FileRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "bytes": row.bytes,
+        "rows": row.rows,
+        "format": row.format,
+        "sha256": row.sha256,
+        "created_at": int(row.created_at.timestamp()),
+        "token_stats": row.token_stats or {},
+    }
+
+
+async def save_upload(
+    s: Session, settings: Settings, upload: UploadFile, purpose: str, owner: str | None
+) -> FileRow:
+    if purpose != "fine-tune":
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"purpose: got {purpose!r}; the only purpose is 'fine-tune'",
+            [Problem("purpose", "must be 'fine-tune'", purpose)],
+        )
+    folder = Path(settings.data_dir) / "files"
+    folder.mkdir(parents=True, exist_ok=True)
+    file_id = store.new_id("file")
+    tmp = folder / f".{file_id}.part"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with tmp.open("wb") as out:
+            while chunk := await upload.read(CHUNK):
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise ApiError(
+                        413,
+                        "payload_too_large",
+                        f"file: larger than the limit of {settings.max_upload_bytes} bytes; "
+                        "split the data or raise LORACLE_MAX_UPLOAD_BYTES",
+                    )
+                digest.update(chunk)
+                out.write(chunk)
+        try:
+            info = inspect_jsonl(tmp)
+        except DataFileError as exc:
+            problems = [Problem("file", str(p), {"line": p.line}) for p in exc.problems]
+            raise ApiError(
+                422,
+                "invalid_file",
+                f"file: {len(exc.problems)} problem(s); first: {problems[0]}",
+                problems,
+            ) from None
+        final = folder / f"{file_id}.jsonl"
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return store.add_file(
+        s,
+        id=file_id,
+        owner=owner,
+        filename=Path(upload.filename or "upload.jsonl").name[:255],
+        purpose=purpose,
+        bytes=size,
+        rows=info.rows,
+        format=info.format,
+        sha256=digest.hexdigest(),
+        path=str(final),
+        token_stats={},
+    )

@@ -1,0 +1,298 @@
+"""Submitting, reading and steering jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from advisor.architecture import Architecture, from_hf_config
+from advisor.catalog.models import find_model
+from advisor.decide import recommend
+from advisor.errors import InvalidInput, Problem
+from advisor.memory import GIB, estimate
+from advisor.profile import Profile, TrainingSettings
+from advisor.variants import combination
+from api.errors import ApiError
+from api.jobs.schemas import Hyperparameters, JobCreate
+from loracle.queue import RUN_JOB
+from loracle.settings import Settings
+from loracle.store import jobs as store
+from loracle.store.db import session
+from loracle.store.models import JobRow, now
+from worker.errors import ModelSourceError
+from worker.modeling import resolve_model_source
+from worker.plan import TrainingPlan
+
+log = logging.getLogger("loracle.api")
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def job_out(row: JobRow) -> dict[str, Any]:
+    total = row.total_steps
+    progress = 1.0 if row.status == store.SUCCEEDED else (row.step / total if total else 0.0)
+    measured = row.measured_peak or None
+    measured_gib = None
+    if measured:
+        peak = measured.get("allocated_bytes") or measured.get("rss_growth_bytes")
+        measured_gib = round(peak / GIB, 4) if peak else None
+    est = row.estimate or None
+    return {
+        "id": row.id,
+        "object": "fine_tuning.job",
+        "model": row.model,
+        "training_file": row.training_file,
+        "validation_file": row.validation_file,
+        "variant": row.variant,
+        "combine_with": list(row.combine_with or []),
+        "requested_variant": row.requested_variant,
+        "status": row.status,
+        "created_at": _ts(row.created_at),
+        "started_at": _ts(row.started_at),
+        "finished_at": _ts(row.finished_at),
+        "step": row.step,
+        "total_steps": total,
+        "progress": round(min(max(progress, 0.0), 1.0), 4),
+        "eta_seconds": row.eta_seconds,
+        "loss": row.loss,
+        "tokens_per_second": row.tokens_per_second,
+        "estimated_peak_gib": est.get("peak_allocated_gib") if est else None,
+        "measured_peak_gib": measured_gib,
+        "measured_peak": measured,
+        "hyperparameters": _hyperparameters(row),
+        "decision": row.decision,
+        "estimate": est,
+        "error": (
+            {"type": row.error_type, "message": row.error_message or ""} if row.error_type else None
+        ),
+        "attempts": row.attempts,
+        "cancel_requested": row.cancel_requested_at is not None,
+    }
+
+
+def _hyperparameters(row: JobRow) -> dict[str, Any]:
+    """What the job asked for until a worker resolves its plan; every value after."""
+    if row.plan:
+        return {k: row.plan[k] for k in Hyperparameters.model_fields if k in row.plan}
+    return dict(row.hyperparameters or {})
+
+
+def _architecture(model: str, resolved: str) -> tuple[Architecture | None, dict[str, Any]]:
+    """The architecture when we can know it without a network: a local directory's
+    config.json, or the catalog entry of a hub id."""
+    if resolved != model or Path(resolved).is_dir():
+        config = json.loads((Path(resolved) / "config.json").read_text())
+        return from_hf_config(config), {"config": config}
+    try:
+        entry = find_model(model)
+    except InvalidInput:
+        return None, {}
+    return entry.architecture, {"name": entry.id}
+
+
+def _advisor_training(hp: dict[str, Any]) -> TrainingSettings:
+    """The advisor's view of a job's settings, with the worker's defaults for what
+    the job leaves unset."""
+    defaults = TrainingPlan.model_fields
+
+    def get(key: str) -> Any:
+        value = hp.get(key)
+        return defaults[key].default if value is None else value
+
+    precision = get("precision")
+    optimizer = get("optimizer")
+    return TrainingSettings(
+        seq_len=get("seq_len"),
+        micro_batch_size=get("micro_batch_size"),
+        gradient_accumulation_steps=get("gradient_accumulation_steps"),
+        gradient_checkpointing=get("gradient_checkpointing"),
+        lora_rank=get("lora_rank"),
+        target_modules=get("target_modules"),
+        optimizer=optimizer or "adamw",
+        precision="bf16" if precision in (None, "auto") else precision,
+    )
+
+
+def create_job(s: Session, settings: Settings, body: JobCreate, owner: str | None) -> JobRow:
+    problems: list[Problem] = []
+    for field in ("training_file", "validation_file"):
+        file_id = getattr(body, field)
+        if file_id is not None and store.get_file(s, file_id, owner) is None:
+            problems.append(
+                Problem(field, f"no file {file_id!r}; upload it with POST /v1/files first", file_id)
+            )
+    resolved = body.model
+    try:
+        resolved = resolve_model_source(body.model, settings.allowed_model_roots)
+    except ModelSourceError as exc:
+        problems.append(Problem("model", str(exc), body.model))
+    if problems:
+        raise InvalidInput(problems)
+
+    hp = body.hyperparameters.model_dump(exclude_none=True)
+    arch, model_ref = _architecture(body.model, resolved)
+    training = _advisor_training(hp)
+    variant, combine = body.variant, list(body.combine_with)
+    decision = None
+    if body.variant == "auto":
+        if arch is None:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "variant",
+                        f"'auto' needs the architecture of {body.model!r}, which is neither in "
+                        "the catalog nor a local directory; name the variant instead",
+                        "auto",
+                    )
+                ]
+            )
+        hardware = body.profile.hardware if body.profile else None
+        if hardware is None and (settings.worker_gpu or settings.worker_gpu_memory_gib):
+            hardware_dict = {
+                "gpu": settings.worker_gpu,
+                "gpu_memory_gib": settings.worker_gpu_memory_gib,
+            }
+        elif hardware is not None:
+            hardware_dict = hardware.model_dump()
+        else:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "profile.hardware",
+                        "variant 'auto' needs the card the job runs on: give profile.hardware "
+                        "(gpu or gpu_memory_gib), or set LORACLE_WORKER_GPU on the server",
+                    )
+                ]
+            )
+        goal = body.profile.goal if body.profile else None
+        profile = Profile.model_validate(
+            {
+                "hardware": hardware_dict,
+                "model": model_ref,
+                "training": training.model_dump(),
+                "goal": goal.model_dump() if goal else {},
+            }
+        )
+        decision = recommend(profile)
+        if not decision["fits"]:
+            raise InvalidInput(
+                [
+                    Problem(
+                        "profile.hardware",
+                        f"nothing fits: {decision['label']} needs "
+                        f"{decision['estimate']['total_gib']:.1f} GiB on a "
+                        f"{decision['hardware']['memory_gib']:g} GiB card; "
+                        + (
+                            "try: " + "; ".join(r["change"] for r in decision["remedies"][:3])
+                            if decision["remedies"]
+                            else (decision["verdict"] or "choose a smaller model")
+                        ),
+                    )
+                ]
+            )
+        variant, combine = decision["variant"], decision["combine_with"]
+    combo = combination(variant, combine)  # type: ignore[arg-type]
+    est = None
+    if arch is not None:
+        dropout = hp.get("lora_dropout")
+        est = estimate(arch, training, combo, lora_dropout=dropout).as_dict()
+        est["method"] = "analytic"
+
+    # Fill the advisor's DoRA dropout default when the job did not choose one.
+    if combo.dora and "lora_dropout" not in hp:
+        hp["lora_dropout"] = 0.0
+    row = store.add_job(
+        s,
+        id=store.new_id("job"),
+        owner=owner,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        variant=variant,
+        combine_with=list(combo.combine_with),
+        requested_variant=body.variant,
+        hyperparameters=hp,
+        profile=body.profile.model_dump(mode="json") if body.profile else None,
+        decision=decision,
+        estimate=est,
+    )
+    if decision is not None:
+        store.add_event(
+            s,
+            row.id,
+            "decision",
+            f"advisor chose {decision['label']}",
+            {"variant": variant, "combine_with": combine, "path": decision["decision_path"]},
+        )
+    return row
+
+
+def enqueue(settings: Settings, queue: Celery, job_id: str) -> bool:
+    """Hand a committed job to the broker. False when the broker is unreachable:
+    the job stays queued in the store and the dispatcher sends it later."""
+    try:
+        queue.send_task(RUN_JOB, args=[job_id])
+    except Exception as exc:  # any broker failure: the store keeps the job
+        log.warning("broker unavailable for %s: %s", job_id, exc)
+        with session(settings.resolved_database_url) as s:
+            store.add_event(
+                s,
+                job_id,
+                "warning",
+                "broker unavailable; the job stays queued and is sent when it is back",
+                {"error": str(exc)},
+                "warning",
+            )
+        return False
+    with session(settings.resolved_database_url) as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=now()))
+    return True
+
+
+def dispatch_pending(settings: Settings, queue: Celery) -> int:
+    """Send every queued job the broker never received. Returns how many were sent."""
+    with session(settings.resolved_database_url) as s:
+        ids = list(
+            s.scalars(
+                select(JobRow.id)
+                .where(JobRow.status == store.QUEUED, JobRow.enqueued_at.is_(None))
+                .order_by(JobRow.pk)
+                .limit(100)
+            )
+        )
+    return sum(enqueue(settings, queue, job_id) for job_id in ids)
+
+
+def artifacts_dir(settings: Settings, job_id: str) -> Path:
+    return Path(settings.data_dir) / "jobs" / job_id / "adapter"
+
+
+def list_artifacts(settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    folder = artifacts_dir(settings, job_id)
+    if not folder.is_dir():
+        return []
+    return [
+        {"name": p.name, "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.is_symlink()
+    ]
+
+
+def artifact_path(settings: Settings, job_id: str, name: str) -> Path:
+    """Only names the listing gives: a name is never joined into a path unchecked."""
+    for entry in list_artifacts(settings, job_id):
+        if entry["name"] == name:
+            return artifacts_dir(settings, job_id) / name
+    raise ApiError(
+        404,
+        "not_found",
+        f"job {job_id} has no artifact {name!r}; list them with GET /v1/jobs/{job_id}/artifacts",
+    )

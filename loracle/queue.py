@@ -1,0 +1,78 @@
+"""The Celery application shared by the API (which only sends) and the worker.
+
+Settings chosen for long GPU jobs, each with the guarantee it buys:
+- JSON only (``accept_content=["json"]``): a message can never make a worker
+  unpickle attacker-chosen bytes.
+- ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a job is acknowledged
+  when it ends, not when it starts, and a worker holds one job at a time, so a
+  worker that dies mid-job does not take queued jobs down with it (Celery docs,
+  "Optimizing: Prefetch limits"; "Tasks: acks_late").
+- Tasks carry only a job id; the job store holds everything else.
+- No result backend: the job store is where results live.
+
+Broker: Redis when ``LORACLE_BROKER_URL`` is set. Without it the embedded
+default is kombu's *filesystem* transport: messages are files under
+``$LORACLE_DATA_DIR/broker``. We pick it over kombu's SQLAlchemy transport
+because that one would poll the same SQLite file the job store writes to, from
+every process, adding lock contention to the store; the filesystem transport
+needs nothing but a directory both processes can reach.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from celery import Celery
+
+from loracle.settings import Settings
+
+QUEUE = "loracle"
+RUN_JOB = "loracle.run_job"
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
+    if settings.broker_url:
+        return settings.broker_url, {}
+    folder = Path(settings.data_dir) / "broker"
+    queue = folder / "queue"
+    processed = folder / "processed"
+    queue.mkdir(parents=True, exist_ok=True)
+    processed.mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "processed_folder": str(processed),
+        "store_processed": False,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    url, transport_options = broker_options(settings)
+    app = Celery("loracle", broker=url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        # Publishing gives up after about two seconds when the broker is down: the
+        # job is already committed to the store, and the dispatcher sends it later.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+@lru_cache(maxsize=4)
+def celery_for(settings_json: str) -> Celery:
+    return make_celery(Settings.model_validate_json(settings_json))

@@ -1,0 +1,174 @@
+"""Run one job from the store: the plain code behind the Celery task.
+
+Like a web view: take a job id, load the job, hand it to the training code,
+record what happened. Safe to call twice for the same job: a job that is not
+``queued`` when we try to start it is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from loracle.settings import Settings
+from loracle.store import jobs as store
+from loracle.store.db import session
+from worker.training import TrainingHooks
+
+log = logging.getLogger("loracle.worker")
+
+# How often the training loop may ask the store whether the job was cancelled:
+# the check runs after every micro-batch, a query each time would be wasteful.
+CANCEL_POLL_SECONDS = 0.5
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return Path(settings.data_dir) / "jobs" / job_id
+
+
+def file_path(settings: Settings, file_id: str) -> Path:
+    return Path(settings.data_dir) / "files" / f"{file_id}.jsonl"
+
+
+class StoreHooks(TrainingHooks):
+    """Report a run's progress and events to the job store; read cancels from it."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.url = settings.resolved_database_url
+        self.job_id = job_id
+        self._checked = 0.0
+        self._stop = False
+
+    def on_event(self, type: str, data: dict[str, Any]) -> None:
+        level = "warning" if type == "warning" else "info"
+        message = str(data.get("message", "")) if isinstance(data, dict) else ""
+        with session(self.url) as s:
+            store.add_event(s, self.job_id, type, message, data, level)
+
+    def on_progress(
+        self,
+        step: int,
+        total_steps: int,
+        loss: float,
+        learning_rate: float,
+        tokens_per_second: float,
+        eta_seconds: float | None,
+    ) -> None:
+        with session(self.url) as s:
+            store.update_progress(
+                s,
+                self.job_id,
+                step=step,
+                total_steps=total_steps,
+                loss=loss,
+                tokens_per_second=tokens_per_second,
+                eta_seconds=eta_seconds,
+            )
+            store.add_event(
+                s,
+                self.job_id,
+                "metrics",
+                f"step {step}/{total_steps} loss {loss:.4f}",
+                {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "loss": loss,
+                    "learning_rate": learning_rate,
+                    "tokens_per_second": tokens_per_second,
+                    "eta_seconds": eta_seconds,
+                },
+            )
+
+    def should_stop(self) -> bool:
+        if self._stop:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= CANCEL_POLL_SECONDS:
+            self._checked = now
+            with session(self.url) as s:
+                self._stop = store.cancel_requested(s, self.job_id)
+        return self._stop
+
+
+def build_plan(settings: Settings, job: Any) -> Any:
+    """The TrainingPlan of a stored job: everything comes from the store."""
+    from worker.modeling import resolve_model_source
+    from worker.plan import load_plan
+
+    model = resolve_model_source(job.model, settings.allowed_model_roots)
+    plan: dict[str, Any] = {
+        **job.hyperparameters,
+        "model": model,
+        "train_file": str(file_path(settings, job.training_file)),
+        "output_dir": str(job_dir(settings, job.id)),
+        "variant": job.variant,
+        "combine_with": list(job.combine_with),
+    }
+    if job.validation_file:
+        plan["validation_file"] = str(file_path(settings, job.validation_file))
+    if job.estimate:
+        plan["estimate"] = job.estimate
+    return load_plan(plan)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute_job(job_id: str, settings: Settings) -> str:
+    """Run a queued job to its end; returns the job's final status."""
+    url = settings.resolved_database_url
+    with session(url) as s:
+        job = store.get_job(s, job_id, any_owner=True)
+        if job is None:
+            log.warning("job %s is not in the store; message dropped", job_id)
+            return "missing"
+        if not store.start(s, job_id, worker_name()):
+            s.refresh(job)
+            if job.status == store.QUEUED and job.cancel_requested_at is not None:
+                store._transition(
+                    s, job_id, [store.QUEUED], store.CANCELLED, "cancelled before it started"
+                )
+                return store.CANCELLED
+            log.info("job %s is %s; nothing to do", job_id, job.status)
+            return job.status
+
+    try:
+        from worker.training import run_training
+
+        plan = build_plan(settings, job)
+        with session(url) as s:
+            store.update_progress(s, job_id, plan=plan.model_dump(mode="json"))
+        result = run_training(plan, StoreHooks(settings, job_id), resume=True)
+    except Exception as exc:  # the job fails; the worker goes on to the next one
+        log.exception("job %s failed", job_id)
+        message = str(exc) or exc.__class__.__name__
+        with session(url) as s:
+            store.finish(
+                s,
+                job_id,
+                store.FAILED,
+                f"failed: {message}",
+                error_type=exc.__class__.__name__,
+                error_message=message,
+            )
+        return store.FAILED
+
+    values = {
+        "step": result.steps,
+        "total_steps": result.total_steps,
+        "loss": result.final_loss,
+        "tokens_per_second": result.tokens_per_second,
+        "eta_seconds": 0.0,
+        "measured_peak": result.peak_memory.model_dump(mode="json"),
+    }
+    with session(url) as s:
+        if result.status == "cancelled":
+            store.finish(s, job_id, store.CANCELLED, "cancelled while running", **values)
+            return store.CANCELLED
+        store.finish(s, job_id, store.SUCCEEDED, "training finished", **values)
+    return store.SUCCEEDED
