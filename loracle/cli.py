@@ -287,12 +287,41 @@ def serve(
 
 
 @app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once (one per GPU)")] = 1,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run a Celery worker that trains jobs (reads the LORACLE_* environment)."""
+    from worker.tasks import main as worker_main
+
+    worker_main(concurrency=concurrency, loglevel=loglevel)
+
+
+@app.command()
 def up(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Run the API and one worker together on the embedded default."""
-    serve(host=host, port=port)
+    """Run the API and one worker together (the embedded default needs no server)."""
+    import subprocess
+
+    from loracle.settings import get_settings
+
+    settings = get_settings()
+    broker = settings.broker_url or f"embedded (files under {settings.data_dir / 'broker'})"
+    console.print(
+        f"loracle: data in {settings.data_dir}; job store "
+        f"{settings.resolved_database_url}; broker {broker}"
+    )
+    child = subprocess.Popen([sys.executable, "-m", "loracle.cli", "worker"])
+    try:
+        serve(host=host, port=port)
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def main() -> None:

@@ -296,8 +296,9 @@ def load_model_and_tokenizer(plan: TrainingPlan, device: str):
     """Base model with adapters attached, ready for the Trainer, and its tokenizer.
 
     `plan` must be resolved (`resolve_plan`). For QLoRA the quantized model first goes
-    through `peft.prepare_model_for_kbit_training` (freezes the base, upcasts norms and
-    embeddings to fp32, wires gradient checkpointing). The tokenizer's pad token is its eos
+    through `peft.prepare_model_for_kbit_training` (freezes the base, enables input
+    gradients, wires gradient checkpointing), then `restore_compute_dtype` returns the
+    parameters it upcast to fp32 to the compute dtype. The tokenizer's pad token is its eos
     when it has none. Returns `(peft_model, tokenizer)`.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -315,8 +316,32 @@ def load_model_and_tokenizer(plan: TrainingPlan, device: str):
             use_gradient_checkpointing=plan.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        restore_compute_dtype(model, torch_dtype(plan.precision))
     model = get_peft_model(model, make_lora_config(plan))
     return model, tokenizer
+
+
+def restore_compute_dtype(model: Any, dtype: torch.dtype) -> int:
+    """Return the frozen non-4-bit parameters that `prepare_model_for_kbit_training` upcast
+    to fp32 (embeddings, head, norms, biases) to the compute dtype; returns how many.
+
+    Why: in fp32 they cost memory for nothing (a 128k-vocabulary embedding and head are
+    2 GiB more on Llama-3-8B), and fp32 norm weights promote their outputs, then the MLP
+    and the residual stream, to fp32, because bitsandbytes' Linear4bit answers in its
+    input's dtype: QLoRA's activations would outgrow LoRA's. LlamaRMSNorm already computes
+    its statistics in fp32 whatever its weight's dtype, which is the stability the upcast
+    was for. The analytic memory model (advisor/memory.py) assumes this layout.
+    """
+    import torch
+
+    if dtype == torch.float32:
+        return 0
+    changed = 0
+    for param in model.parameters():
+        if param.dtype == torch.float32 and param.__class__.__name__ != "Params4bit":
+            param.data = param.data.to(dtype)
+            changed += 1
+    return changed
 
 
 def optimizer_class(name: str) -> type:

@@ -310,3 +310,27 @@ def test_models_without_safetensors_are_refused(tiny_model, tmp_path):
         modeling.resolve_model_source(str(model), [root])
     with pytest.raises(ModelSourceError, match="does not exist"):
         modeling.resolve_model_source(str(root / "nothing"), [root])
+
+
+def test_qlora_keeps_non_4bit_weights_in_the_compute_dtype(tiny_model):
+    """prepare_model_for_kbit_training upcasts them to fp32; the worker returns them to the
+    compute dtype (see restore_compute_dtype), and adapters stay fp32 for the optimizer."""
+    import bitsandbytes as bnb
+
+    plan = make_plan("qlora", precision="bf16", optimizer="adamw").model_copy(
+        update={"model": str(tiny_model)}
+    )
+    model, _ = modeling.load_model_and_tokenizer(plan, "cpu")
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.dtype == torch.float32, name
+        elif param.__class__.__name__ != "Params4bit":
+            assert param.dtype == torch.bfloat16, name
+    # and a forward/backward in bf16 runs, with the residual stream in bf16
+    ids = torch.randint(0, 100, (1, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+    assert out.hidden_states[-1].dtype == torch.bfloat16
+    out.loss.backward()
