@@ -317,6 +317,30 @@ def _training_arguments(plan: TrainingPlan, device: str, checkpoints_dir: Path):
     )
 
 
+def optimizer_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
+    """Each optimizer parameter group's peak learning rate and which adapter matrices it
+    holds (by peft's parameter names): the record of what LoRA+ did to B's rate."""
+    if optimizer is None:
+        return []
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        kinds: dict[str, int] = {}
+        for param in group["params"]:
+            name = names.get(id(param), "")
+            kind = next((k for k in ("lora_A", "lora_B", "lora_magnitude_vector") if k in name), "other")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        groups.append(
+            {
+                # LambdaLR keeps the schedule's base rate as initial_lr.
+                "learning_rate": float(group.get("initial_lr", group["lr"])),
+                "weight_decay": float(group.get("weight_decay", 0.0)),
+                "parameters": kinds,
+            }
+        )
+    return groups
+
+
 def run_training(
     plan: TrainingPlan, hooks: TrainingHooks | None = None, resume: bool = True
 ) -> TrainingResult:
@@ -447,6 +471,7 @@ def run_training(
     result.artifacts.update(artifacts.artifact_paths(output_dir))
     metrics = result.model_dump(mode="json", exclude={"artifacts"})
     metrics["estimate"] = plan.estimate
+    metrics["optimizer_groups"] = optimizer_groups(trainer.optimizer, model)
     artifacts.write_adapter(
         model,
         output_dir,

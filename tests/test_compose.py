@@ -1,0 +1,50 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it is right by construction."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from loracle.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def test_services_and_health_ordering():
+    services = COMPOSE["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+    assert services["api"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert services["worker"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert services["worker"]["depends_on"]["api"] == {"condition": "service_healthy"}
+
+
+def test_worker_reserves_a_gpu():
+    devices = COMPOSE["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_api_and_worker_share_data_and_broker():
+    api, worker = COMPOSE["services"]["api"], COMPOSE["services"]["worker"]
+    assert api["volumes"] == worker["volumes"] == ["loracle-data:/data"]
+    assert "loracle-data" in COMPOSE["volumes"]
+    for service in (api, worker):
+        env = service["environment"]
+        assert env["LORACLE_BROKER_URL"].startswith("redis://redis:6379")
+        assert env["LORACLE_DATA_DIR"] == "/data"
+
+
+def test_images_and_commands_exist():
+    targets = set(re.findall(r"^FROM \S+ AS (\w+)$", DOCKERFILE, flags=re.M))
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+    for name in ("api", "worker"):
+        service = COMPOSE["services"][name]
+        assert service["build"]["target"] in targets
+    assert COMPOSE["services"]["worker"]["command"][:2] == ["loracle", "worker"]
+    assert {"serve", "worker"} <= commands
+    assert 'CMD ["loracle", "serve"' in DOCKERFILE
