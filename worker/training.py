@@ -317,6 +317,18 @@ def _training_arguments(plan: TrainingPlan, device: str, checkpoints_dir: Path):
     )
 
 
+def base_layer_types(model: Any) -> dict[str, int]:
+    """How many adapted layers wrap each base-layer class (``Linear``, bitsandbytes'
+    ``Linear4bit``...): the record of what the adapters were trained on."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if base is not None and hasattr(module, "lora_A"):
+            name = f"{type(base).__module__.split('.')[0]}.{type(base).__name__}"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def optimizer_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
     """Each optimizer parameter group's peak learning rate and which adapter matrices it
     holds (by peft's parameter names): the record of what LoRA+ did to B's rate."""
@@ -328,7 +340,9 @@ def optimizer_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
         kinds: dict[str, int] = {}
         for param in group["params"]:
             name = names.get(id(param), "")
-            kind = next((k for k in ("lora_A", "lora_B", "lora_magnitude_vector") if k in name), "other")
+            kind = next(
+                (k for k in ("lora_A", "lora_B", "lora_magnitude_vector") if k in name), "other"
+            )
             kinds[kind] = kinds.get(kind, 0) + 1
         groups.append(
             {
@@ -416,6 +430,7 @@ def run_training(
                 "train_rows": train.rows,
                 "trainable_parameters": trainable,
                 "all_parameters": total,
+                "base_layers": base_layer_types(model),
             },
         )
         checkpoint, resumed_from, incomplete = (

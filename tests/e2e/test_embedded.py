@@ -1,0 +1,43 @@
+"""The same flow on the embedded default: no Redis, kombu's filesystem broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.utils.service import Service
+
+pytestmark = pytest.mark.e2e
+
+
+def test_embedded_broker_runs_a_job(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_root: Path,
+    tiny_model: Path,
+    datasets: dict[str, Path],
+):
+    service = Service.create(tmp_path_factory.mktemp("embedded"), model_root)
+    assert "LORACLE_BROKER_URL" not in service.env
+    service.start_api()
+    service.start_worker()
+    try:
+        file_id = service.upload(datasets["messages"])["id"]
+        job = service.submit(
+            {
+                "model": str(tiny_model),
+                "training_file": file_id,
+                "variant": "qlora",
+                "combine_with": ["loraplus"],
+                "hyperparameters": {"max_steps": 12, "seq_len": 48, "learning_rate": 5e-3},
+            }
+        )
+        done = service.wait(job["id"])
+        assert done["status"] == "succeeded", service.log_tail()
+        assert (service.data_dir / "broker" / "queue").is_dir()
+        with service.client() as c:
+            metrics = json.loads(c.get(f"/v1/jobs/{job['id']}/artifacts/metrics.json").content)
+        assert len(metrics["losses"]) == 12
+    finally:
+        service.stop()
