@@ -35,14 +35,15 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
     if settings.broker_url:
         return settings.broker_url, {}
     folder = Path(settings.data_dir) / "broker"
-    queue = folder / "queue"
-    processed = folder / "processed"
-    queue.mkdir(parents=True, exist_ok=True)
-    processed.mkdir(parents=True, exist_ok=True)
+    queue, processed, control = folder / "queue", folder / "processed", folder / "control"
+    for path in (queue, processed, control):
+        path.mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
         "processed_folder": str(processed),
+        # exchange bindings; kombu's default is ./control in the working directory
+        "control_folder": str(control),
         "store_processed": False,
     }
 

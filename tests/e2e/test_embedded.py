@@ -35,7 +35,9 @@ def test_embedded_broker_runs_a_job(
         )
         done = service.wait(job["id"])
         assert done["status"] == "succeeded", service.log_tail()
-        assert (service.data_dir / "broker" / "queue").is_dir()
+        broker = service.data_dir / "broker"
+        assert (broker / "queue").is_dir() and (broker / "control").is_dir()
+        assert not (Path.cwd() / "control").exists(), "broker state leaked into the cwd"
         with service.client() as c:
             metrics = json.loads(c.get(f"/v1/jobs/{job['id']}/artifacts/metrics.json").content)
         assert len(metrics["losses"]) == 12
