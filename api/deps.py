@@ -10,9 +10,12 @@ from celery import Celery
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
+from api.security import OwnerDep, get_owner
 from loracle.queue import celery_for
 from loracle.settings import Settings, get_settings
 from loracle.store.db import session
+
+__all__ = ["DbDep", "OwnerDep", "QueueDep", "SettingsDep", "get_db", "get_owner", "get_queue"]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -26,11 +29,5 @@ def get_queue(settings: SettingsDep) -> Celery:
     return celery_for(settings.model_dump_json())
 
 
-def get_owner() -> str | None:
-    """The API key's owner id; None while authentication is not configured."""
-    return None
-
-
 DbDep = Annotated[Session, Depends(get_db)]
 QueueDep = Annotated[Celery, Depends(get_queue)]
-OwnerDep = Annotated[str | None, Depends(get_owner)]

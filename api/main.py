@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import loracle
 from api import errors
@@ -18,6 +19,7 @@ from api.deps import get_queue
 from api.files.endpoints import router as files_router
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.service import dispatch_pending
+from api.security import configuration_problem, get_owner
 from loracle.settings import get_settings
 
 log = logging.getLogger("loracle.api")
@@ -37,6 +39,17 @@ async def _dispatcher(app: FastAPI) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    problem = configuration_problem(settings)
+    if problem:
+        raise RuntimeError(f"loracle cannot start: {problem}")
+    if settings.auth_disabled:
+        banner = (
+            "AUTHENTICATION IS DISABLED (LORACLE_AUTH_DISABLED=1): anyone who can reach this "
+            "server can read and create every job. Never expose it beyond this machine."
+        )
+        log.warning(banner)
+        print(f"\n*** {banner} ***\n", file=sys.stderr, flush=True)
     task = asyncio.create_task(_dispatcher(app))
     try:
         yield
@@ -55,10 +68,10 @@ def create_app() -> FastAPI:
         "service that runs the fine-tuning job.",
     )
     errors.install(app)
-    app.include_router(advice_router)
-    app.include_router(catalog_router)
-    app.include_router(files_router)
-    app.include_router(jobs_router)
+    # Every endpoint but /healthz (and the API's own documentation) needs a valid key.
+    authenticated = [Depends(get_owner)]
+    for router in (advice_router, catalog_router, files_router, jobs_router):
+        app.include_router(router, dependencies=authenticated)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -283,7 +283,48 @@ def serve(
     """Run the HTTP API (reads the LORACLE_* environment)."""
     import uvicorn
 
+    from api.security import configuration_problem
+    from loracle.settings import get_settings
+
+    problem = configuration_problem(get_settings())
+    if problem:
+        err.print(f"[red]error[/red] {problem}")
+        raise typer.Exit(2)
     uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+
+
+def _first_run_key() -> None:
+    """With no keys configured and auth not disabled, create one API key on the first
+    run, keep only its digest under the data directory, and print the key once."""
+    import os
+
+    from api.security import digest, new_key
+    from loracle.settings import get_settings
+
+    settings = get_settings()
+    if settings.auth_disabled or settings.api_key_hashes:
+        return
+    path = settings.data_dir / "api-key.sha256"
+    if path.is_file():
+        hashed = path.read_text().strip()
+        console.print(
+            f"API key: the one created on the first run (its digest is in {path}; lost it? "
+            "delete that file and restart for a new one)"
+        )
+    else:
+        key = new_key()
+        hashed = digest(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(hashed + "\n")
+        path.chmod(0o600)
+        console.print(
+            "[bold]Your API key (shown once; only its digest is stored):[/bold]\n"
+            f"  export LORACLE_API_KEY={key}\n"
+            'Send it as: curl -H "Authorization: Bearer $LORACLE_API_KEY" ...',
+            soft_wrap=True,
+        )
+    os.environ["LORACLE_API_KEY_HASHES"] = hashed
+    get_settings.cache_clear()
 
 
 @app.command()
@@ -307,6 +348,7 @@ def up(
 
     from loracle.settings import get_settings
 
+    _first_run_key()
     settings = get_settings()
     broker = settings.broker_url or f"embedded (files under {settings.data_dir / 'broker'})"
     console.print(

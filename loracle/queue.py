@@ -33,7 +33,11 @@ RUN_JOB = "loracle.run_job"
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
     if settings.broker_url:
-        return settings.broker_url, {}
+        # Redis redelivers a message nobody acknowledged within the visibility
+        # timeout (one hour by default) -- even while its job is still training
+        # (celery#5935, celery#3430). We keep the timeout long and make a second
+        # delivery harmless instead: the job's lease in the store turns it away.
+        return settings.broker_url, {"visibility_timeout": settings.broker_visibility_timeout_s}
     folder = Path(settings.data_dir) / "broker"
     queue, processed, control = folder / "queue", folder / "processed", folder / "control"
     for path in (queue, processed, control):
@@ -70,6 +74,16 @@ def make_celery(settings: Settings) -> Celery:
             "interval_max": 1.0,
         },
         worker_hijack_root_logger=False,
+        # A worker whose pool process dies (SIGKILL, OOM) acknowledges the message
+        # rather than requeueing it: requeueing would loop a job that kills its
+        # process every time. The store's lease notices the dead worker and requeues
+        # the job a bounded number of times (max_attempts). Celery docs:
+        # "task_reject_on_worker_lost".
+        task_reject_on_worker_lost=False,
+        # Losing the broker connection must not stop a job that is training: its
+        # state lives in the store, not in the broker. (Celery 5.x warns this
+        # default will change; we set it explicitly.)
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
 

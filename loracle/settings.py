@@ -44,6 +44,29 @@ class Settings(BaseSettings):
         "for when a job's profile names none.",
     )
     worker_gpu_memory_gib: float | None = Field(default=None, gt=0)
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job whose worker has not renewed its lease for this long is "
+        "requeued (or failed, after max_attempts). See docs/operations.md.",
+    )
+    heartbeat_s: float = Field(default=10.0, gt=0, description="How often a worker renews.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Starts a job may have before it ends failed."
+    )
+    broker_visibility_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Redis redelivers an unacknowledged message after this long; the lease "
+        "makes such a second delivery harmless.",
+    )
+    api_key_hashes: str | None = Field(
+        default=None,
+        description="Comma-separated SHA-256 hex digests of the accepted API keys.",
+    )
+    auth_disabled: bool = Field(
+        default=False, description="LORACLE_AUTH_DISABLED=1 turns authentication off."
+    )
     dispatch_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -16,7 +16,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from api.security import digest
 from loracle.cli import app
+from tests.utils.api import KEY_A
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -67,7 +69,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = {**os.environ, "LORACLE_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+    env = {
+        **os.environ,
+        "LORACLE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "LORACLE_API_KEY_HASHES": digest(KEY_A),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "loracle.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -91,11 +97,14 @@ def server(tmp_path_factory):
 
 
 def test_curl_example_gives_the_answer_shown(server):
-    curl = next(b for b in _blocks("sh") if b.lstrip().startswith("curl"))
+    curl = next(b for b in _blocks("sh") if "/v1/recommendations" in b)
     args = shlex.split(curl.replace("\\\n", " "))
     url = next(a for a in args if a.startswith("http")).replace("http://127.0.0.1:8000", server)
     body = json.loads(args[args.index("-d") + 1])
-    answer = httpx.post(url, json=body, timeout=10).json()
+    assert '"Authorization: Bearer $LORACLE_API_KEY"' in curl
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    answer = httpx.post(url, json=body, headers=headers, timeout=10).json()
     shown = json.loads(_blocks("json")[0])
     contains(shown, answer)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,15 +37,43 @@ def file_path(settings: Settings, file_id: str) -> Path:
 
 
 class StoreHooks(TrainingHooks):
-    """Report a run's progress and events to the job store; read cancels from it."""
+    """Report a run's progress and events to the job store, read cancels from it, and
+    keep the job's lease alive. Every write carries the fencing token: once the lease
+    is lost (this process was paused past its lease and the job moved on), writes
+    match no row and the run is told to stop."""
 
-    def __init__(self, settings: Settings, job_id: str) -> None:
+    def __init__(self, settings: Settings, job_id: str, token: int) -> None:
         self.url = settings.resolved_database_url
+        self.settings = settings
         self.job_id = job_id
+        self.token = token
         self._checked = 0.0
         self._stop = False
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_s):
+            try:
+                with session(self.url) as s:
+                    alive = store.heartbeat(s, self.job_id, self.token, self.settings.lease_ttl_s)
+            except Exception:  # a store hiccup: try again at the next beat
+                log.exception("heartbeat of %s failed", self.job_id)
+                continue
+            if not alive:
+                log.warning("job %s: lease lost; stopping without writing", self.job_id)
+                self.lost.set()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        self._beat.join(timeout=5)
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
+        if self.lost.is_set():
+            return
         level = "warning" if type == "warning" else "info"
         message = str(data.get("message", "")) if isinstance(data, dict) else ""
         with session(self.url) as s:
@@ -59,15 +89,19 @@ class StoreHooks(TrainingHooks):
         eta_seconds: float | None,
     ) -> None:
         with session(self.url) as s:
-            store.update_progress(
+            owned = store.update_progress(
                 s,
                 self.job_id,
+                self.token,
                 step=step,
                 total_steps=total_steps,
                 loss=loss,
                 tokens_per_second=tokens_per_second,
                 eta_seconds=eta_seconds,
             )
+            if not owned:
+                self.lost.set()
+                return
             store.add_event(
                 s,
                 self.job_id,
@@ -82,9 +116,10 @@ class StoreHooks(TrainingHooks):
                     "eta_seconds": eta_seconds,
                 },
             )
+        fault_after_progress(step)
 
     def should_stop(self) -> bool:
-        if self._stop:
+        if self._stop or self.lost.is_set():
             return True
         now = time.monotonic()
         if now - self._checked >= CANCEL_POLL_SECONDS:
@@ -92,6 +127,15 @@ class StoreHooks(TrainingHooks):
             with session(self.url) as s:
                 self._stop = store.cancel_requested(s, self.job_id)
         return self._stop
+
+
+def fault_after_progress(step: int) -> None:
+    """Fault injection for the reliability tests: ``LORACLE_FAULT_KILL_AT_STEP=N`` makes
+    the training process kill itself with SIGKILL once step N is recorded, as an
+    out-of-memory kill or a preempted machine would. Unset in production."""
+    target = os.environ.get("LORACLE_FAULT_KILL_AT_STEP")
+    if target and step >= int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_plan(settings: Settings, job: Any) -> Any:
@@ -120,44 +164,63 @@ def worker_name() -> str:
 
 
 def execute_job(job_id: str, settings: Settings) -> str:
-    """Run a queued job to its end; returns the job's final status."""
+    """Run a job to its end if this process can take its lease; returns the job's
+    status as this process leaves it. Safe to call for any delivery of any job."""
     url = settings.resolved_database_url
     with session(url) as s:
         job = store.get_job(s, job_id, any_owner=True)
         if job is None:
             log.warning("job %s is not in the store; message dropped", job_id)
             return "missing"
-        if not store.start(s, job_id, worker_name()):
+        token = store.acquire(s, job_id, worker_name(), settings.lease_ttl_s, settings.max_attempts)
+        if token is None:
             s.refresh(job)
             if job.status == store.QUEUED and job.cancel_requested_at is not None:
                 store._transition(
                     s, job_id, [store.QUEUED], store.CANCELLED, "cancelled before it started"
                 )
                 return store.CANCELLED
+            if job.status == store.RUNNING:
+                # A second delivery while another process holds a live lease
+                # (Redis redelivers after its visibility timeout): never train twice.
+                store.add_event(
+                    s,
+                    job_id,
+                    "duplicate_delivery",
+                    f"{worker_name()} received the job while {job.lease_owner} holds its "
+                    "lease; this delivery exits without training",
+                    {"receiver": worker_name(), "lease_owner": job.lease_owner},
+                )
             log.info("job %s is %s; nothing to do", job_id, job.status)
             return job.status
 
+    hooks = StoreHooks(settings, job_id, token)
     try:
         from worker.training import run_training
 
         plan = build_plan(settings, job)
         with session(url) as s:
-            store.update_progress(s, job_id, plan=plan.model_dump(mode="json"))
-        result = run_training(plan, StoreHooks(settings, job_id), resume=True)
+            store.update_progress(s, job_id, token, plan=plan.model_dump(mode="json"))
+        result = run_training(plan, hooks, resume=True)
     except Exception as exc:  # the job fails; the worker goes on to the next one
         log.exception("job %s failed", job_id)
         message = str(exc) or exc.__class__.__name__
         with session(url) as s:
-            store.finish(
+            status = store.finish(
                 s,
                 job_id,
+                token,
                 store.FAILED,
                 f"failed: {message}",
                 error_type=exc.__class__.__name__,
                 error_message=message,
             )
-        return store.FAILED
+        return status or "lease-lost"
+    finally:
+        hooks.close()
 
+    if hooks.lost.is_set():
+        return "lease-lost"
     values = {
         "step": result.steps,
         "total_steps": result.total_steps,
@@ -168,7 +231,9 @@ def execute_job(job_id: str, settings: Settings) -> str:
     }
     with session(url) as s:
         if result.status == "cancelled":
-            store.finish(s, job_id, store.CANCELLED, "cancelled while running", **values)
-            return store.CANCELLED
-        store.finish(s, job_id, store.SUCCEEDED, "training finished", **values)
-    return store.SUCCEEDED
+            status = store.finish(
+                s, job_id, token, store.CANCELLED, "cancelled while running", **values
+            )
+        else:
+            status = store.finish(s, job_id, token, store.SUCCEEDED, "training finished", **values)
+    return status or "lease-lost"

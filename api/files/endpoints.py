@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi.responses import JSONResponse
 
+from api import idempotency
 from api.deps import DbDep, OwnerDep, SettingsDep
 from api.errors import ApiError
 from api.files.schemas import FileList, FileOut
@@ -20,7 +22,10 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
     "",
     status_code=201,
     response_model=FileOut,
-    responses=error_responses(413, 422),
+    responses={
+        200: {"model": FileOut, "description": "Replay of an Idempotency-Key"},
+        **error_responses(413, 422),
+    },
     summary="Upload a JSONL training file (multipart: file, purpose=fine-tune)",
 )
 async def upload_file(
@@ -31,8 +36,15 @@ async def upload_file(
         UploadFile, File(description="JSONL: text, prompt/completion or messages rows")
     ],
     purpose: Annotated[str, Form(description="Must be 'fine-tune'.")],
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias=idempotency.HEADER, description="The same key and file return the same id."),
+    ] = None,
 ) -> Any:
-    row = await save_upload(s, settings, file, purpose, owner)
+    key = idempotency.validate(idempotency_key)
+    row, created = await save_upload(s, settings, file, purpose, owner, key)
+    if not created:
+        return JSONResponse(file_out(row), status_code=200)
     return file_out(row)
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from advisor.errors import Problem
+from api import idempotency
 from api.errors import ApiError
 from loracle.settings import Settings
 from loracle.store import jobs as store
@@ -37,8 +39,15 @@ def file_out(row: FileRow) -> dict[str, Any]:
 
 
 async def save_upload(
-    s: Session, settings: Settings, upload: UploadFile, purpose: str, owner: str | None
-) -> FileRow:
+    s: Session,
+    settings: Settings,
+    upload: UploadFile,
+    purpose: str,
+    owner: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[FileRow, bool]:
+    """Store and check an upload. Returns the file and whether it was created now
+    (False: a replay of an earlier request with the same Idempotency-Key)."""
     if purpose != "fine-tune":
         raise ApiError(
             422,
@@ -75,15 +84,30 @@ async def save_upload(
                 f"file: {len(exc.problems)} problem(s); first: {problems[0]}",
                 problems,
             ) from None
+        filename = Path(upload.filename or "upload.jsonl").name[:255]
+        if idempotency_key:
+            digest_ = idempotency.body_hash(
+                {"sha256": digest.hexdigest(), "purpose": purpose, "filename": filename}
+            )
+            existing = idempotency.replay(s, owner, "files", idempotency_key, digest_)
+            if existing is None:
+                try:
+                    idempotency.claim(s, owner, "files", idempotency_key, digest_, file_id)
+                except IntegrityError:  # a concurrent upload with this key won
+                    existing = idempotency.replay(s, owner, "files", idempotency_key, digest_)
+            if existing is not None:
+                row = store.get_file(s, existing, owner)
+                assert row is not None
+                return row, False
         final = folder / f"{file_id}.jsonl"
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    return store.add_file(
+    row = store.add_file(
         s,
         id=file_id,
         owner=owner,
-        filename=Path(upload.filename or "upload.jsonl").name[:255],
+        filename=filename,
         purpose=purpose,
         bytes=size,
         rows=info.rows,
@@ -92,3 +116,4 @@ async def save_upload(
         path=str(final),
         token_stats={},
     )
+    return row, True

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import idempotency
 from api.deps import DbDep, OwnerDep, QueueDep, SettingsDep
 from api.errors import ApiError
 from api.jobs import service
@@ -30,13 +32,39 @@ def _job(s: Session, job_id: str, owner: str | None) -> JobRow:
     "",
     status_code=201,
     response_model=JobOut,
-    responses=error_responses(422),
+    responses={
+        200: {"model": JobOut, "description": "Replay of an Idempotency-Key"},
+        **error_responses(422),
+    },
     summary="Submit a fine-tuning job",
 )
 def create_job(
-    body: JobCreate, s: DbDep, settings: SettingsDep, owner: OwnerDep, queue: QueueDep
+    body: JobCreate,
+    s: DbDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    queue: QueueDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="Retry-safe submission: the same key and body return the same job.",
+        ),
+    ] = None,
 ) -> Any:
-    row = service.create_job(s, settings, body, owner)
+    key = idempotency.validate(idempotency_key)
+    digest = idempotency.body_hash(body.model_dump(mode="json")) if key else ""
+    job_id = store.new_id("job")
+    if key:
+        existing = idempotency.replay(s, owner, "jobs", key, digest)
+        if existing is None:
+            try:
+                idempotency.claim(s, owner, "jobs", key, digest, job_id)
+            except IntegrityError:  # a concurrent request with this key won
+                existing = idempotency.replay(s, owner, "jobs", key, digest)
+        if existing is not None:
+            return JSONResponse(service.job_out(_job(s, existing, owner)), status_code=200)
+    row = service.create_job(s, settings, body, owner, job_id)
     # The job is committed before anything is enqueued: the store is the source of truth.
     s.commit()
     service.enqueue(settings, queue, row.id)

@@ -24,7 +24,7 @@ from loracle.queue import RUN_JOB
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
-from loracle.store.models import JobRow, now
+from loracle.store.models import EventRow, JobRow, now
 from worker.errors import ModelSourceError
 from worker.modeling import resolve_model_source
 from worker.plan import TrainingPlan
@@ -121,7 +121,9 @@ def _advisor_training(hp: dict[str, Any]) -> TrainingSettings:
     )
 
 
-def create_job(s: Session, settings: Settings, body: JobCreate, owner: str | None) -> JobRow:
+def create_job(
+    s: Session, settings: Settings, body: JobCreate, owner: str | None, job_id: str | None = None
+) -> JobRow:
     problems: list[Problem] = []
     for field in ("training_file", "validation_file"):
         file_id = getattr(body, field)
@@ -211,7 +213,7 @@ def create_job(s: Session, settings: Settings, body: JobCreate, owner: str | Non
         hp["lora_dropout"] = 0.0
     row = store.add_job(
         s,
-        id=store.new_id("job"),
+        id=job_id or store.new_id("job"),
         owner=owner,
         model=body.model,
         training_file=body.training_file,
@@ -243,22 +245,59 @@ def enqueue(settings: Settings, queue: Celery, job_id: str) -> bool:
     except Exception as exc:  # any broker failure: the store keeps the job
         log.warning("broker unavailable for %s: %s", job_id, exc)
         with session(settings.resolved_database_url) as s:
-            store.add_event(
-                s,
-                job_id,
-                "warning",
-                "broker unavailable; the job stays queued and is sent when it is back",
-                {"error": str(exc)},
-                "warning",
+            told = s.scalar(
+                select(EventRow.pk).where(
+                    EventRow.job_id == job_id, EventRow.type == "broker_unavailable"
+                )
             )
+            if told is None:  # once per job, not once per dispatcher round
+                store.add_event(
+                    s,
+                    job_id,
+                    "broker_unavailable",
+                    "broker unavailable; the job stays queued and is sent when it is back",
+                    {"error": str(exc)},
+                    "warning",
+                )
         return False
     with session(settings.resolved_database_url) as s:
         s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=now()))
     return True
 
 
+BROKER_EPOCH_KEY = "loracle:broker-epoch"
+
+
+def broker_restarted(settings: Settings) -> bool:
+    """True when the Redis broker lost its data since we last looked (restarted
+    without persistence): the messages of queued jobs are gone and must be sent
+    again. A marker key we set disappears with them."""
+    if not settings.broker_url or not settings.broker_url.startswith(("redis://", "rediss://")):
+        return False
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.set(BROKER_EPOCH_KEY, str(now().timestamp()), nx=True))
+    finally:
+        client.close()
+
+
 def dispatch_pending(settings: Settings, queue: Celery) -> int:
-    """Send every queued job the broker never received. Returns how many were sent."""
+    """One round of the dispatcher: requeue jobs whose worker stopped heart-beating
+    (or fail them after max_attempts), then send every queued job the broker does not
+    hold. Returns how many were sent."""
+    with session(settings.resolved_database_url) as s:
+        for job_id, status in store.reap(s, settings.max_attempts):
+            log.warning("job %s: worker lost, now %s", job_id, status)
+    try:
+        if broker_restarted(settings):
+            with session(settings.resolved_database_url) as s:
+                s.execute(
+                    update(JobRow).where(JobRow.status == store.QUEUED).values(enqueued_at=None)
+                )
+    except Exception as exc:  # broker down: the sends below fail and are retried later
+        log.warning("broker check failed: %s", exc)
     with session(settings.resolved_database_url) as s:
         ids = list(
             s.scalars(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from loracle.store.models import EventRow, FileRow, JobRow, now
@@ -127,38 +127,161 @@ def _transition(
     return changed
 
 
-def start(s: Session, job_id: str, worker: str) -> bool:
-    """queued -> running, unless a cancel came first (then queued -> cancelled)."""
-    started = bool(
-        getattr(
-            s.execute(
-                update(JobRow)
-                .where(
-                    JobRow.id == job_id,
-                    JobRow.status == QUEUED,
-                    JobRow.cancel_requested_at.is_(None),
-                )
-                .values(
-                    status=RUNNING,
-                    started_at=now(),
-                    attempts=JobRow.attempts + 1,
-                    worker=worker,
-                )
-                .execution_options(synchronize_session=False)
-            ),
-            "rowcount",
-            0,
+def acquire(s: Session, job_id: str, worker: str, ttl_s: float, max_attempts: int) -> int | None:
+    """Take the job's lease: queued -> running, or running with an expired lease (its
+    worker stopped heart-beating) -> running here. Returns the new fencing token, or
+    None when the job is not ours to run (finished, cancelled, leased by a live
+    worker, or out of attempts: the reaper fails those)."""
+    stamp = now()
+    claimable = or_(
+        JobRow.status == QUEUED,
+        and_(JobRow.status == RUNNING, JobRow.lease_expires_at < stamp),
+    )
+    result = s.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job_id,
+            claimable,
+            JobRow.cancel_requested_at.is_(None),
+            JobRow.attempts < max_attempts,
+        )
+        .values(
+            status=RUNNING,
+            started_at=func.coalesce(JobRow.started_at, stamp),
+            attempts=JobRow.attempts + 1,
+            worker=worker,
+            lease_owner=worker,
+            lease_expires_at=stamp + timedelta(seconds=ttl_s),
+            fencing_token=JobRow.fencing_token + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return None
+    token, attempts = s.execute(
+        select(JobRow.fencing_token, JobRow.attempts).where(JobRow.id == job_id)
+    ).one()
+    add_event(
+        s,
+        job_id,
+        "status",
+        f"job running on {worker} (attempt {attempts})",
+        {"status": RUNNING, "attempt": attempts, "worker": worker, "fencing_token": token},
+    )
+    return int(token)
+
+
+def heartbeat(s: Session, job_id: str, token: int, ttl_s: float) -> bool:
+    """Renew the lease. False when it is no longer ours: stop and write nothing."""
+    result = s.execute(
+        update(JobRow)
+        .where(_owned(job_id, token))
+        .values(lease_expires_at=now() + timedelta(seconds=ttl_s))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _owned(job_id: str, token: int) -> Any:
+    return and_(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.fencing_token == token)
+
+
+def finish(
+    s: Session, job_id: str, token: int, status: str, message: str = "", **values: Any
+) -> str | None:
+    """running -> a terminal status, for the holder of ``token`` only. Returns the
+    status recorded, or None when the lease was lost (another process owns the job).
+
+    A success that arrives after a cancel was accepted ends ``cancelled``: the cancel
+    came first, and ``cancel_outcome`` says the run had finished anyway."""
+    assert status in TERMINAL
+    stamp = now()
+    where = _owned(job_id, token)
+    if status == SUCCEEDED:
+        where = and_(where, JobRow.cancel_requested_at.is_(None))
+    result = s.execute(
+        update(JobRow)
+        .where(where)
+        .values(status=status, finished_at=stamp, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0):
+        add_event(s, job_id, "status", message or f"job {status}", {"status": status})
+        return status
+    if status != SUCCEEDED:
+        return None
+    accepted = s.scalar(select(JobRow.cancel_requested_at).where(_owned(job_id, token)))
+    if accepted is None:
+        return None
+    outcome = (
+        f"cancel accepted at {accepted.isoformat()} before the run finished; the run "
+        "completed its last step anyway and its adapter is kept, but the job is cancelled"
+    )
+    result = s.execute(
+        update(JobRow)
+        .where(_owned(job_id, token))
+        .values(
+            status=CANCELLED,
+            finished_at=stamp,
+            lease_expires_at=None,
+            cancel_outcome=outcome,
+            **values,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return None
+    add_event(s, job_id, "status", outcome, {"status": CANCELLED, "late_success": True})
+    return CANCELLED
+
+
+def reap(s: Session, max_attempts: int) -> list[tuple[str, str]]:
+    """Jobs whose worker stopped heart-beating: back to the queue, failed when they
+    have used their attempts, or cancelled when a cancel is pending. Returns
+    (job id, new status) pairs."""
+    stamp = now()
+    expired = list(
+        s.execute(
+            select(JobRow.id, JobRow.attempts, JobRow.cancel_requested_at, JobRow.lease_owner)
+            .where(JobRow.status == RUNNING, JobRow.lease_expires_at < stamp)
+            .limit(100)
         )
     )
-    if started:
-        add_event(s, job_id, "status", f"job running on {worker}", {"status": RUNNING})
-    return started
-
-
-def finish(s: Session, job_id: str, status: str, message: str = "", **values: Any) -> bool:
-    """running -> a terminal status. False when the job was no longer running."""
-    assert status in TERMINAL
-    return _transition(s, job_id, [RUNNING], status, message, finished_at=now(), **values)
+    done = []
+    for job_id, attempts, cancel_at, owner in expired:
+        values: dict[str, Any]
+        if cancel_at is not None:
+            values = {"status": CANCELLED, "finished_at": stamp}
+            message, kind = f"worker {owner} stopped while a cancel was pending", "status"
+        elif attempts >= max_attempts:
+            message = (
+                f"the worker stopped during each of {attempts} attempts (the last on "
+                f"{owner}); giving up after max_attempts={max_attempts}"
+            )
+            values = {
+                "status": FAILED,
+                "finished_at": stamp,
+                "error_type": "WorkerLost",
+                "error_message": message,
+            }
+            kind = "status"
+        else:
+            values = {"status": QUEUED, "enqueued_at": None}
+            message = (
+                f"worker {owner} stopped heart-beating; requeued for attempt {attempts + 1} "
+                f"of {max_attempts}"
+            )
+            kind = "requeued"
+        result = s.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.lease_expires_at < stamp)
+            .values(lease_owner=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0):
+            add_event(s, job_id, kind, message, {"status": values["status"]}, "warning")
+            done.append((job_id, str(values["status"])))
+    return done
 
 
 def request_cancel(s: Session, job: JobRow) -> str:
@@ -193,10 +316,12 @@ def cancel_requested(s: Session, job_id: str) -> bool:
     return stamp is not None
 
 
-def update_progress(s: Session, job_id: str, **values: Any) -> None:
-    s.execute(
+def update_progress(s: Session, job_id: str, token: int, **values: Any) -> bool:
+    """Progress of a running job, written only by the holder of its lease."""
+    result = s.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == RUNNING)
+        .where(_owned(job_id, token))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0))

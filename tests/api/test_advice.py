@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from advisor.catalog.gpus import GPUS
 from advisor.catalog.models import models
-from api.main import create_app
+from tests.utils.api import client_for, settings_for
 
 PROFILE = {
     "hardware": {"gpu": "rtx-4090", "gpu_memory_gib": None, "gpu_count": 1},
@@ -136,7 +138,7 @@ def test_unknown_route_is_404_in_the_error_shape(client):
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-_app_client = TestClient(create_app(), raise_server_exceptions=False)
+_app_client = client_for(settings_for(Path(tempfile.mkdtemp(prefix="loracle-advice-"))))
 
 profiles = st.fixed_dictionaries(
     {

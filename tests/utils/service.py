@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 
+from api.security import digest
+from tests.utils.api import KEY_A, KEY_B
+
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -56,6 +59,7 @@ class Service:
     def create(cls, data_dir: Path, model_root: Path, **extra_env: str) -> Service:
         env = {
             **os.environ,
+            "LORACLE_API_KEY_HASHES": f"{digest(KEY_A)},{digest(KEY_B)}",
             "LORACLE_DATA_DIR": str(data_dir),
             "LORACLE_MODEL_ROOTS": str(model_root),
             "LORACLE_DISPATCH_INTERVAL_S": "1",
@@ -121,7 +125,8 @@ class Service:
 
     # -- the REST API -----------------------------------------------------------------
 
-    def client(self, **headers: str) -> httpx.Client:
+    def client(self, key: str | None = KEY_A) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def upload(self, path: Path, client: httpx.Client | None = None) -> dict[str, Any]:

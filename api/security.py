@@ -1,0 +1,81 @@
+"""API-key authentication.
+
+Keys travel as ``Authorization: Bearer <key>``. The server knows only their
+SHA-256 digests (``LORACLE_API_KEY_HASHES``, comma-separated hex), so a leaked
+configuration leaks no key. A presented key's digest is compared with every
+accepted digest in constant time (``hmac.compare_digest``, no early exit), and
+the matching digest is the owner of what the request creates: files and jobs
+of one key are invisible (404) to another. ``LORACLE_AUTH_DISABLED=1`` turns
+authentication off; the server says so loudly at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.errors import ApiError
+from loracle.settings import Settings, get_settings
+
+log = logging.getLogger("loracle.api")
+
+ANONYMOUS = None  # owner of everything while authentication is disabled
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "lor_" + secrets.token_urlsafe(32)
+
+
+def accepted_hashes(settings: Settings) -> list[str]:
+    return [h.strip().lower() for h in (settings.api_key_hashes or "").split(",") if h.strip()]
+
+
+def configuration_problem(settings: Settings) -> str | None:
+    """Why the server must not start with these settings, or None."""
+    if settings.auth_disabled:
+        return None
+    hashes = accepted_hashes(settings)
+    if not hashes:
+        return (
+            "no API keys configured: set LORACLE_API_KEY_HASHES to the SHA-256 hex digests of "
+            "the accepted keys (comma-separated), or LORACLE_AUTH_DISABLED=1 to run without "
+            "authentication; `loracle up` creates a key for you"
+        )
+    bad = [h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
+    if bad:
+        return f"LORACLE_API_KEY_HASHES holds {len(bad)} value(s) that are not SHA-256 hex digests"
+    return None
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str | None:
+    """The owner of this request: the digest of its valid API key."""
+    if settings.auth_disabled:
+        return ANONYMOUS
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send your API key as 'Authorization: Bearer <key>'")
+    presented = digest(key.strip())
+    match = None
+    for accepted in accepted_hashes(settings):
+        if hmac.compare_digest(presented, accepted):
+            match = accepted
+    if match is None:
+        raise _unauthorized("the API key is not valid; check it, or ask for a new one")
+    return match
+
+
+OwnerDep = Annotated[str | None, Depends(get_owner)]
