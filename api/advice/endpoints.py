@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
-from advisor.errors import InvalidInput, Problem
 from advisor.profile import EstimateRequest, Profile
 from api.advice import service
 from api.advice.schemas import EstimateResponse, RecommendationOut
@@ -36,9 +36,9 @@ async def create_recommendation(profile: Profile) -> Any:
     responses=error_responses(422),
     summary="GPU memory of one variant (or combination) for a model and training settings",
 )
-async def create_estimate(request: EstimateRequest) -> Any:
+async def create_estimate(request: EstimateRequest, runner: service.TraceRunnerDep) -> Any:
     if request.method == "trace":
-        raise InvalidInput(
-            [Problem("method", "'trace' is not available in this version; use 'analytic'")]
-        )
+        # Seconds in a subprocess (cached afterwards): off the event loop.
+        body = await run_in_threadpool(service.trace_estimate_json, request, runner)
+        return Response(body, media_type="application/json")
     return Response(service.estimate_json(request), media_type="application/json")

@@ -1,0 +1,218 @@
+"""Run a trace in a subprocess with a time limit, and cache what it answers. No torch here.
+
+The API and the CLI call `TraceRunner.run`; it answers from an in-memory LRU, then from an
+on-disk JSON cache, and only then starts `python -m worker trace` (a fresh process: torch,
+transformers and peft load in it, never in the caller, and a trace that overruns its time
+limit is killed with its process group).
+
+A result is keyed by everything that can change it: the architecture config, the training
+settings, the variant combination, the LoRA dropout, the versions of torch, transformers,
+peft and bitsandbytes, and `TRACER_VERSION` (bumped whenever the tracer's modelling
+changes). Cache files are written atomically (a temporary file, then rename), so concurrent
+writers and crashes leave either a whole answer or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Bump when the tracer models anything differently: old cache entries then stop matching.
+TRACER_VERSION = 1
+DEFAULT_TIMEOUT_S = 180.0
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
+EXIT_REFUSED = 2
+
+
+class TraceFailed(Exception):
+    """A trace that gave no answer. `field` is the request field to change, `message` says
+    what went wrong and what to do."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class TraceRefused(TraceFailed):
+    """The worker refused the request (it cannot build or train this model as asked)."""
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a trace depends on (read from package metadata,
+    without importing them)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def request_payload(
+    config: Mapping[str, Any],
+    training: Mapping[str, Any],
+    variant: str,
+    combine_with: list[str] | tuple[str, ...] = (),
+    lora_dropout: float | None = None,
+) -> dict[str, Any]:
+    """What `python -m worker trace` reads on stdin."""
+    return {
+        "config": dict(config),
+        "training": dict(training),
+        "variant": variant,
+        "combine_with": list(combine_with),
+        "lora_dropout": lora_dropout,
+    }
+
+
+def cache_key(payload: Mapping[str, Any], versions: Mapping[str, str] | None = None) -> str:
+    canonical = json.dumps(
+        {
+            "request": payload,
+            "versions": dict(versions or library_versions()),
+            "tracer": TRACER_VERSION,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TraceRunner:
+    """Traces with a time limit, behind a memory LRU and an optional directory of JSON files.
+
+    `concurrency` traces run at once; a caller beyond that waits for a slot (a trace keeps a
+    CPU core busy for seconds).
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_entries: int = 256,
+        concurrency: int = 1,
+        python: str | None = None,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.timeout_s = timeout_s
+        self.memory_entries = memory_entries
+        self.python = python or sys.executable
+        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self.versions = library_versions()
+        self.runs = 0  # subprocesses started (for tests and metrics)
+
+    # -- cache ----------------------------------------------------------------------------
+
+    def _remember(self, key: str, result: dict[str, Any]) -> None:
+        with self._lock:
+            self._memory[key] = result
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.memory_entries:
+                self._memory.popitem(last=False)
+
+    def _recall(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._memory.get(key)
+            if hit is not None:
+                self._memory.move_to_end(key)
+                return hit
+        if self.cache_dir is None:
+            return None
+        path = self.cache_dir / f"{key}.json"
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        self._remember(key, result)
+        return result
+
+    def _store(self, key: str, result: dict[str, Any]) -> None:
+        self._remember(key, result)
+        if self.cache_dir is None:
+            return
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(result, f)
+            os.replace(tmp, self.cache_dir / f"{key}.json")
+        except OSError:
+            pass  # a cache that cannot be written only costs a retrace
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The trace's answer for `payload` (see `request_payload`): the estimate dict
+        `python -m worker trace` prints. Raises `TraceFailed`."""
+        key = cache_key(payload, self.versions)
+        hit = self._recall(key)
+        if hit is None:
+            with self._slots:
+                hit = self._recall(key)  # another caller may have traced it meanwhile
+                if hit is None:
+                    try:
+                        hit = self._subprocess(payload)
+                    except TraceRefused as exc:
+                        # A refusal is a property of the request (an unsupported
+                        # architecture): remember it too. Timeouts and crashes are not.
+                        hit = {"refused": {"field": exc.field, "detail": exc.message}}
+                    self._store(key, hit)
+        if "refused" in hit:
+            raise TraceFailed(hit["refused"]["field"], hit["refused"]["detail"])
+        return hit
+
+    def _subprocess(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        self.runs += 1
+        proc = subprocess.Popen(
+            [self.python, "-W", "ignore", "-m", "worker", "trace"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=root,
+            start_new_session=True,  # its own process group: a timeout kills all of it
+        )
+        try:
+            stdout, stderr = proc.communicate(json.dumps(payload), timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TraceFailed(
+                "method",
+                f"the trace did not finish within {self.timeout_s:g} s (very large models or "
+                "sequences take longer); use method 'analytic', or retry later",
+            ) from None
+        last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        try:
+            answer = json.loads(last) if last else None
+        except json.JSONDecodeError:
+            answer = None
+        if proc.returncode == 0 and isinstance(answer, dict) and "estimate" in answer:
+            return answer
+        if proc.returncode == EXIT_REFUSED and isinstance(answer, dict) and "detail" in answer:
+            raise TraceRefused(answer.get("field") or "model.config", answer["detail"])
+        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        raise TraceFailed(
+            "method",
+            f"the trace failed ({tail[:300]}); use method 'analytic' for this request",
+        )
