@@ -225,6 +225,14 @@ def estimate(
         bool | None, typer.Option("--checkpointing/--no-checkpointing")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="Measure by tracing two real training steps on PyTorch's meta device "
+            "(needs the worker extra; seconds, cached under $LORACLE_DATA_DIR/trace-cache)",
+        ),
+    ] = False,
 ) -> None:
     """GPU memory of one variant for a model and training settings."""
     from advisor.decide import estimate_only
@@ -250,9 +258,18 @@ def estimate(
                 if combine_with
                 else [],
                 "hardware": hardware,
+                "method": "trace" if trace else "analytic",
             }
         )
-        answer = estimate_only(req)
+        if trace:
+            from loracle.settings import get_settings
+            from worker.memtrace.runner import TraceRunner, traced_estimate
+
+            runner = TraceRunner(cache_dir=get_settings().data_dir / "trace-cache")
+            with console.status("tracing two training steps on the meta device..."):
+                answer = traced_estimate(req, runner)
+        else:
+            answer = estimate_only(req)
     except (InvalidInput, ValidationError) as exc:
         _fail(exc)
         return
@@ -260,7 +277,10 @@ def estimate(
         print(json.dumps(answer, indent=2))
         return
     label = " + ".join([answer["variant"], *answer["combine_with"]])
-    console.print(f"[bold]{label}[/bold] on {answer['model']['name']} ({answer['precision']})")
+    console.print(
+        f"[bold]{label}[/bold] on {answer['model']['name']} "
+        f"({answer['precision']}, {answer['method']})"
+    )
     table = Table()
     table.add_column("part")
     table.add_column("GiB", justify="right")

@@ -26,7 +26,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from advisor.profile import EstimateRequest
 
 # Bump when the tracer models anything differently: old cache entries then stop matching.
 TRACER_VERSION = 1
@@ -216,3 +219,65 @@ class TraceRunner:
             "method",
             f"the trace failed ({tail[:300]}); use method 'analytic' for this request",
         )
+
+
+def traced_estimate(request: EstimateRequest, runner: TraceRunner) -> dict[str, Any]:
+    """The answer of POST /v1/estimates with method "trace" (the EstimateResponse shape),
+    for the API and the CLI. Raises the advisor's `InvalidInput` naming the field to change
+    when the request cannot be traced."""
+    from advisor.catalog.models import find_model
+    from advisor.decide import effective_training, resolve_card, resolve_model
+    from advisor.errors import InvalidInput, Problem
+    from advisor.variants import combination
+
+    problems: list[Problem] = []
+    card = None
+    try:
+        card = resolve_card(request.hardware, required=False) if request.hardware else None
+    except InvalidInput as exc:
+        problems += exc.problems
+    try:
+        model_name, arch = resolve_model(request.model)
+    except InvalidInput as exc:
+        problems += exc.problems
+    try:
+        combo = combination(request.variant, request.combine_with)
+    except InvalidInput as exc:
+        problems += exc.problems
+    if card is not None and card.count > 1:
+        problems.append(
+            Problem(
+                "hardware.gpu_count",
+                "method 'trace' measures one card; set hardware.gpu_count to 1, or use method "
+                "'analytic' for a model split over several cards",
+                card.count,
+            )
+        )
+    if problems:
+        raise InvalidInput(problems)
+    training, notes = effective_training(request.training, card)
+    config = (
+        find_model(request.model.name).config
+        if request.model.name is not None
+        else request.model.config
+    )
+    assert config is not None
+    payload = request_payload(config, training.model_dump(), combo.variant, combo.combine_with)
+    try:
+        answer = runner.run(payload)
+    except TraceFailed as exc:
+        raise InvalidInput([Problem(exc.field, exc.message)]) from None
+    out = dict(answer["estimate"])
+    if card is not None:
+        out["fits"] = out["total_gib"] <= card.memory_gib
+        out["headroom_gib"] = round(card.memory_gib - out["total_gib"], 3)
+    out["model"] = {"name": model_name, **arch.summary()}
+    out["precision"] = training.precision
+    trace = answer.get("trace", {})
+    notes.append(
+        "measured by tracing two training steps of this architecture on PyTorch's meta device "
+        f"(peak in {trace.get('peak_phase', out['peak_phase'])}; attention kernels "
+        f"{trace.get('attention_kernels', {})})"
+    )
+    out["notes"] = notes
+    return out
