@@ -37,7 +37,14 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         # timeout (one hour by default) -- even while its job is still training
         # (celery#5935, celery#3430). We keep the timeout long and make a second
         # delivery harmless instead: the job's lease in the store turns it away.
-        return settings.broker_url, {"visibility_timeout": settings.broker_visibility_timeout_s}
+        timeout = settings.broker_visibility_timeout_s
+        return settings.broker_url, {
+            "visibility_timeout": timeout,
+            # kombu sweeps for expired messages every interval x throttle seconds
+            # (100 s by default); keep the sweep well inside a short timeout.
+            "unacked_restore_interval": max(1, min(10, int(timeout / 2))),
+            "unacked_restore_throttle": 1 if timeout < 600 else 10,
+        }
     folder = Path(settings.data_dir) / "broker"
     queue, processed, control = folder / "queue", folder / "processed", folder / "control"
     for path in (queue, processed, control):

@@ -32,7 +32,9 @@ Semantics a caller relies on:
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -40,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from worker import artifacts, data, modeling
+from worker import artifacts, data, modeling, safety
 from worker.plan import TrainingPlan
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -276,6 +278,25 @@ def _make_callback(hooks: TrainingHooks):
 # ---------------------------------------------------------------------------------------------
 
 
+def _trainer_class(trainer: type) -> type:
+    """The Trainer, with one fault-injection point for the reliability tests:
+    ``LORACLE_FAULT_KILL_IN_CHECKPOINT=N`` SIGKILLs the process in the middle of
+    writing checkpoint N (adapter and optimizer written; RNG and trainer state,
+    which mark a checkpoint complete, not yet), once per run directory. Unset in
+    production."""
+
+    class LoracleTrainer(trainer):  # type: ignore[misc, valid-type]
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            super()._save_optimizer_and_scheduler(output_dir)
+            target = os.environ.get("LORACLE_FAULT_KILL_IN_CHECKPOINT")
+            marker = Path(output_dir).with_name(".fault-injected")
+            if target and Path(output_dir).name == f"checkpoint-{target}" and not marker.exists():
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return LoracleTrainer
+
+
 def _training_arguments(plan: TrainingPlan, device: str, checkpoints_dir: Path):
     from transformers import TrainingArguments
 
@@ -407,7 +428,7 @@ def run_training(
         )
 
         callback = _make_callback(hooks)
-        trainer = Trainer(
+        trainer = _trainer_class(Trainer)(
             model=model,
             args=_training_arguments(plan, device, checkpoints_dir),
             train_dataset=train.examples,
@@ -439,6 +460,7 @@ def run_training(
         for path in incomplete:
             warn(f"checkpoint: {path.name} is incomplete (interrupted write) and was skipped")
         if checkpoint is not None:
+            safety.check_checkpoint(checkpoint)
             hooks.on_event("resumed", {"step": resumed_from, "checkpoint": str(checkpoint)})
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         eval_loss = None

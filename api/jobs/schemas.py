@@ -115,6 +115,12 @@ class JobOut(BaseModel):
     error: ErrorInfo | None
     attempts: int
     cancel_requested: bool
+    cancel_outcome: str | None = Field(
+        default=None, description="Set when a cancel won over a run that finished anyway."
+    )
+    worker: str | None = Field(
+        default=None, description="host:pid of the process that ran (or runs) the job."
+    )
 
 
 class JobList(BaseModel):

@@ -75,6 +75,8 @@ def job_out(row: JobRow) -> dict[str, Any]:
         ),
         "attempts": row.attempts,
         "cancel_requested": row.cancel_requested_at is not None,
+        "cancel_outcome": row.cancel_outcome,
+        "worker": row.worker,
     }
 
 

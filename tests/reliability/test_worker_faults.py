@@ -1,0 +1,178 @@
+"""Kill workers, redeliver messages, crash during checkpoints, stop Redis: every
+fault is really done to real processes, and jobs must still end right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import FAST_LEASES, SLOW, PrivateRedis
+from tests.utils.service import Service
+
+pytestmark = pytest.mark.e2e
+
+
+def _submit(service: Service, tiny_model: Path, train_file: Path, **hp: object) -> dict:
+    file_id = service.upload(train_file)["id"]
+    return service.submit(
+        {
+            "model": str(tiny_model),
+            "training_file": file_id,
+            "variant": "lora",
+            "hyperparameters": {**SLOW, **hp},
+        }
+    )
+
+
+def _pid(job: dict) -> int:
+    return int(job["worker"].rsplit(":", 1)[1])
+
+
+def _types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def _assert_resumed_once_and_single_adapter(service: Service, job: dict) -> int:
+    events = service.events(job["id"])
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert len(resumed) == 1, _types(events)
+    step = resumed[0]["data"]["step"]
+    assert step >= 5, "resumed from a checkpoint, not from step 0"
+    after = events[events.index(resumed[0]) :]
+    metric_steps = [e["data"]["step"] for e in after if e["type"] == "metrics"]
+    assert metric_steps and metric_steps[0] == step + 1, "training went on from the checkpoint"
+    job_dir = service.data_dir / "jobs" / job["id"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["adapter", "checkpoints"]
+    names = [
+        a["name"] for a in service.client().get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
+    ]
+    assert names.count("adapter_model.safetensors") == 1
+    return int(step)
+
+
+def test_training_process_killed_mid_job_resumes_from_its_checkpoint(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    service.start_worker()
+    job = _submit(service, tiny_model, train_file)
+    running = service.wait(job["id"], until=lambda j: j["status"] == "running" and j["step"] >= 12)
+    killed_at = time.monotonic()
+    os.kill(_pid(running), signal.SIGKILL)  # the pool process that trains; the worker lives on
+    requeued = service.wait(job["id"], until=lambda j: j["attempts"] == 2, timeout=60)
+    # noticed through the lease, not Redis's one-hour visibility timeout
+    assert time.monotonic() - killed_at < float(FAST_LEASES["LORACLE_LEASE_TTL_S"]) + 15
+    done = service.wait(requeued["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 2, service.log_tail()
+    assert done["step"] == SLOW["max_steps"]
+    assert "requeued" in _types(service.events(job["id"]))
+    _assert_resumed_once_and_single_adapter(service, done)
+
+
+def test_whole_worker_killed_then_a_new_worker_resumes(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    first = service.start_worker()
+    job = _submit(service, tiny_model, train_file)
+    service.wait(job["id"], until=lambda j: j["status"] == "running" and j["step"] >= 12)
+    os.killpg(first.pid, signal.SIGKILL)  # main process and its pool: the machine is gone
+    first.wait()
+    service.start_worker()
+    done = service.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, service.log_tail()
+    _assert_resumed_once_and_single_adapter(service, done)
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    service.env["LORACLE_FAULT_KILL_IN_CHECKPOINT"] = "15"
+    service.start_worker()
+    job = _submit(service, tiny_model, train_file)
+    service.wait(job["id"], until=lambda j: j["attempts"] >= 2, timeout=120)
+    half_written = service.data_dir / "jobs" / job["id"] / "checkpoints" / "checkpoint-15"
+    assert half_written.is_dir() and not (half_written / "trainer_state.json").exists()
+    done = service.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded", service.log_tail()
+    events = service.events(job["id"])
+    assert any("checkpoint-15 is incomplete" in e["message"] for e in events), _types(events)
+    assert _assert_resumed_once_and_single_adapter(service, done) == 10
+
+
+def test_second_delivery_does_not_train_twice(
+    tmp_path: Path, model_root: Path, tiny_model: Path, train_file: Path, redis_db: int
+):
+    # Redis redelivers an unacknowledged message after the visibility timeout: make it
+    # shorter than the job and give the redelivery a second worker to land on.
+    service = Service.create(
+        tmp_path / "svc",
+        model_root,
+        LORACLE_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        LORACLE_BROKER_VISIBILITY_TIMEOUT_S="2",
+        **FAST_LEASES,
+    )
+    service.start_api()
+    try:
+        service.start_worker()
+        service.start_worker()
+        job = _submit(service, tiny_model, train_file, max_steps=80, checkpoint_steps=None)
+        done = service.wait(job["id"], timeout=300)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, service.log_tail()
+        events = service.events(job["id"])
+        assert _types(events).count("started") == 1
+        duplicates = [e for e in events if e["type"] == "duplicate_delivery"]
+        assert duplicates, f"no redelivery happened: {_types(events)}\n{service.log_tail()}"
+        assert all(d["data"]["lease_owner"] == done["worker"] for d in duplicates)
+        steps = [e["data"]["step"] for e in events if e["type"] == "metrics"]
+        assert steps == list(range(1, 81)), "one process, one pass over the steps"
+    finally:
+        service.stop()
+
+
+def test_job_that_kills_its_worker_every_time_fails_after_max_attempts(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    service.env["LORACLE_FAULT_KILL_AT_STEP"] = "2"  # like an OOM kill at step 2, every time
+    service.start_worker()
+    job = _submit(service, tiny_model, train_file, checkpoint_steps=None)
+    done = service.wait(job["id"], timeout=240)
+    assert done["status"] == "failed", service.log_tail()
+    assert done["attempts"] == int(FAST_LEASES["LORACLE_MAX_ATTEMPTS"])
+    assert done["error"]["type"] == "WorkerLost"
+    time.sleep(3)  # nothing loops: the job stays failed and is not started again
+    again = service.job(job["id"])
+    assert again["status"] == "failed" and again["attempts"] == done["attempts"]
+
+
+def test_redis_stopped_and_started_mid_job_loses_nothing(
+    tmp_path: Path,
+    model_root: Path,
+    tiny_model: Path,
+    train_file: Path,
+    private_redis: PrivateRedis,
+):
+    service = Service.create(
+        tmp_path / "svc", model_root, LORACLE_BROKER_URL=private_redis.url, **FAST_LEASES
+    )
+    service.start_api()
+    try:
+        service.start_worker()
+        running = _submit(service, tiny_model, train_file, max_steps=60)
+        service.wait(running["id"], until=lambda j: j["status"] == "running" and j["step"] >= 3)
+        queued_before = _submit(service, tiny_model, train_file, max_steps=5)
+        private_redis.stop()
+        # While the broker is down, a job is still accepted: the store holds it.
+        accepted = _submit(service, tiny_model, train_file, max_steps=5)
+        assert accepted["status"] == "queued"
+        time.sleep(3)
+        assert service.job(running["id"])["status"] in ("running", "succeeded")
+        private_redis.start()  # empty: the message of queued_before is gone with it
+        for job in (running, queued_before, accepted):
+            done = service.wait(job["id"], timeout=300)
+            assert done["status"] == "succeeded", (job["id"], service.log_tail())
+        assert "broker_unavailable" in _types(service.events(accepted["id"]))
+    finally:
+        service.stop()
