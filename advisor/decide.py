@@ -20,6 +20,7 @@ from advisor.architecture import Architecture, from_hf_config
 from advisor.catalog.gpus import Gpu, find_gpu
 from advisor.catalog.models import find_model
 from advisor.errors import InvalidInput, Problem
+from advisor.evidence import measured_evidence, measured_notes
 from advisor.hyperparams import suggest
 from advisor.memory import GIB, MemoryEstimate, estimate
 from advisor.profile import (
@@ -252,7 +253,7 @@ def recommend(profile: Profile) -> dict[str, Any]:
             {
                 "question": question,
                 "answer": "yes" if answer else "no",
-                "evidence": evidence,
+                "evidence": evidence + measured_evidence(decides),
                 "decides": decides,
             }
         )
@@ -402,6 +403,7 @@ def _tradeoff_notes(singles: dict[VariantName, MemoryEstimate], chosen: Combinat
         f"({_fmt(singles['loraplus'])}), only B's learning rate is 16x A's "
         "(Hayou et al. 2024, arXiv:2402.12354)",
     ]
+    notes += measured_notes(chosen.variant, chosen.combine_with)
     if chosen.variant != "lora" or chosen.combine_with:
         notes.append(
             "Start simple: if standard LoRA fits and meets the goal, it is the baseline to "

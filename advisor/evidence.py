@@ -1,0 +1,153 @@
+"""loracle's own measured figures, for the advice to cite next to the papers'.
+
+Where they come from: `python -m bench evidence` fine-tunes one small pretrained model with
+every variant through the worker's training code and writes its headline figures to
+`advisor/data/evidence.json` (tables, plots and method in BENCHMARKS.md). The file is package
+data and committed: an installed advisor cites the figures of the last published run, without
+the benchmark, torch or the repository at hand.
+
+When the file is absent, unreadable or of another schema, `load()` returns None and every
+function here returns nothing to cite: the advice is the same, minus the measured figures.
+A figure missing from an otherwise good file drops only the sentence that needs it.
+
+Pure: json and importlib.resources only, read once per process.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+EVIDENCE_FILE = "data/evidence.json"
+PUBLISHED = {
+    "qlora": "published: a 7B model in about 6 GB instead of about 16 GB, quality almost untouched",
+    "dora": "published: a few percent better than LoRA with under 5% more parameters",
+    "loraplus": "published: the target quality about 1.5-2x sooner",
+    "lora": "published: standard LoRA works well for most jobs",
+}
+
+
+@cache
+def load(path: str | None = None) -> dict[str, Any] | None:
+    """The packaged evidence file's figures (or those of `path`), read once per process; None
+    when there is no usable file."""
+    return read(path)
+
+
+def read(path: str | None = None) -> dict[str, Any] | None:
+    """Read and check an evidence file (default: the packaged one), uncached."""
+    try:
+        if path is None:
+            text = resources.files("advisor").joinpath(EVIDENCE_FILE).read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return None
+    return data
+
+
+def _pm(block: Any, fmt: str, unit: str = "") -> str:
+    """`mean ± std` of a `{"mean", "std"}` block; raises on a missing figure."""
+    spread = fmt.replace("+", "").format(block["std"])
+    return f"{fmt.format(block['mean'])}{unit} ± {spread}{unit}"
+
+
+def _source(data: dict[str, Any]) -> str:
+    setup = data["setup"]
+    return (
+        f"loracle measured ({setup['model']}, {setup['device']}, {setup['seeds']} seeds, "
+        f"{setup['steps']} steps, {str(data['date'])[:10]}; BENCHMARKS.md)"
+    )
+
+
+def _figures(data: dict[str, Any], key: str) -> str:
+    """The measured figures of one variant or combination, as one clause."""
+    f = data[key]
+    if key == "loraplus":
+        return (
+            f"LoRA+ reached LoRA's final held-out loss {_pm(f['speedup_same_lr'], '{:.2f}', 'x')} "
+            f"sooner at the same learning rate and {_pm(f['speedup_best_lr'], '{:.2f}', 'x')} "
+            "at each one's best"
+        )
+    if key == "dora":
+        return (
+            f"DoRA's held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact "
+            f"match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's, with "
+            f"{f['extra_parameters_pct']:+.1f}% parameters and steps "
+            f"{_pm(f['step_time_pct'], '{:+.0f}', '%')} longer"
+        )
+    if key == "qlora":
+        est = f["estimate_7b_gb"]
+        return (
+            f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_small']:.2f}x the bytes of "
+            f"LoRA's fp32 ones; held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} "
+            f"and exact match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against "
+            f"LoRA's; for a 7B model the memory model gives {est['qlora']:.1f} GB against "
+            f"{est['lora']:.1f} GB"
+        )
+    if key == "lora":
+        return (
+            f"LoRA reached {f['share_of_best_pct']:.0f}% of the exact match of the best "
+            f"variant ({f['best_variant']})"
+        )
+    if key == "qlora+loraplus":
+        return (
+            "QLoRA + LoRA+ reached QLoRA's final held-out loss "
+            f"{_pm(f['speedup_vs_qlora'], '{:.2f}', 'x')} sooner"
+        )
+    if key == "qlora+dora":
+        return (
+            f"QLoRA + DoRA's held-out loss {_pm(f['eval_loss_diff_pct_vs_qlora'], '{:+.1f}', '%')}"
+            f" and exact match {_pm(f['exact_match_diff_pts_vs_qlora'], '{:+.1f}', ' pts')} "
+            "against QLoRA's"
+        )
+    raise KeyError(key)
+
+
+def _verdict(data: dict[str, Any], key: str) -> str:
+    verdict = data[key].get("verdict")
+    return f"; {verdict} at this scale" if verdict else ""
+
+
+def measured_evidence(variant: str | None, data: dict[str, Any] | None = None) -> str:
+    """A clause to append to the evidence of the question that decided `variant`:
+    '; loracle measured: ...' or '' when there is nothing to cite."""
+    data = load() if data is None else data
+    if variant is None or data is None:
+        return ""
+    try:
+        return (
+            f"; loracle measured: {_figures(data, variant)}{_verdict(data, variant)} "
+            f"({PUBLISHED[variant]}; BENCHMARKS.md)"
+        )
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
+def measured_notes(
+    variant: str, combine_with: tuple[str, ...] | list[str] = (), data: dict[str, Any] | None = None
+) -> list[str]:
+    """Notes with loracle's own figures for QLoRA, DoRA and LoRA+ (beside the published notes)
+    and, when the answer combines ideas, for that combination."""
+    data = load() if data is None else data
+    if data is None:
+        return []
+    keys = ["qlora", "dora", "loraplus"]
+    keys += [f"{variant}+{idea}" for idea in combine_with]
+    if variant == "lora" and not combine_with:
+        keys.append("lora")
+    notes = []
+    for key in keys:
+        try:
+            cited = f"{_verdict(data, key)} ({PUBLISHED[key]})" if key in PUBLISHED else ""
+            notes.append(f"{_source(data)}: {_figures(data, key)}{cited}")
+        except (KeyError, TypeError, ValueError):
+            continue
+    return notes

@@ -1,0 +1,119 @@
+"""The advice cites loracle's own measured figures beside the papers', and works without them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from advisor import evidence
+from advisor.decide import recommend
+from advisor.profile import Profile
+
+SAMPLE = {
+    "schema": 1,
+    "source": "test",
+    "date": "2026-01-02 03:04:05 UTC",
+    "setup": {"model": "Llama 2.4M", "task": "t", "seeds": 3, "steps": 150, "device": "CPU"},
+    "loraplus": {
+        "speedup_same_lr": {"mean": 1.8, "std": 0.2},
+        "speedup_best_lr": {"mean": 1.3, "std": 0.1},
+        "verdict": "reproduces",
+    },
+    "dora": {
+        "eval_loss_diff_pct": {"mean": -0.5, "std": 0.4},
+        "exact_match_diff_pts": {"mean": 1.0, "std": 2.0},
+        "extra_parameters_pct": 3.1,
+        "step_time_pct": {"mean": 40.0, "std": 5.0},
+        "verdict": "does not reproduce",
+    },
+    "qlora": {
+        "adapted_linears_ratio_small": 0.129,
+        "weights_ratio_small": 0.41,
+        "estimate_7b_gb": {"lora": 16.9, "qlora": 6.8},
+        "eval_loss_diff_pct": {"mean": 0.5, "std": 0.3},
+        "exact_match_diff_pts": {"mean": -1.0, "std": 1.0},
+        "step_time_pct": {"mean": 60.0, "std": 10.0},
+        "verdict": "reproduces",
+    },
+    "qlora+loraplus": {"speedup_vs_qlora": {"mean": 1.7, "std": 0.3}},
+    "qlora+dora": {
+        "eval_loss_diff_pct_vs_qlora": {"mean": -0.2, "std": 0.5},
+        "exact_match_diff_pts_vs_qlora": {"mean": 0.5, "std": 1.5},
+    },
+    "lora": {"share_of_best_pct": 96.0, "best_variant": "loraplus", "verdict": "reproduces"},
+}
+
+
+def advise(priority: str, memory: float = 80.0) -> dict:
+    return recommend(
+        Profile.model_validate(
+            {
+                "hardware": {"gpu_memory_gib": memory},
+                "model": {"name": "meta-llama/Llama-2-7b-hf"},
+                "training": {"seq_len": 512},
+                "goal": {"priority": priority},
+            }
+        )
+    )
+
+
+@pytest.fixture
+def evidence_file(tmp_path, monkeypatch):
+    """Point the advisor at a file of our own, read afresh on every call; yields a function
+    that writes it."""
+    path = tmp_path / "evidence.json"
+    monkeypatch.setattr(evidence, "load", lambda p=None: evidence.read(p or str(path)))
+
+    def write(data) -> None:
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+    return write
+
+
+def test_notes_cite_measured_figures_beside_the_papers(evidence_file):
+    evidence_file(SAMPLE)
+    notes = advise("none")["notes"]
+    text = " ".join(notes)
+    assert "arXiv:2402.12354" in text  # the paper's figure stays
+    measured = [n for n in notes if n.startswith("loracle measured")]
+    assert len(measured) == 4  # QLoRA, DoRA, LoRA+ and, for a LoRA answer, LoRA
+    assert any("1.80x ± 0.20x sooner at the same learning rate" in n for n in measured)
+    assert any("published: the target quality about 1.5-2x sooner" in n for n in measured)
+    assert any("6.8 GB against 16.9 GB" in n for n in measured)
+    assert all("150 steps, 2026-01-02" in n for n in measured)
+
+
+def test_the_deciding_question_cites_the_measured_figure(evidence_file):
+    evidence_file(SAMPLE)
+    path = advise("speed")["decision_path"]
+    speed = next(s for s in path if s["question"] == "Is training speed the most important thing?")
+    assert speed["evidence"].startswith("priority is 'speed'; loracle measured: LoRA+ reached")
+    assert "reproduces at this scale" in speed["evidence"]
+    others = [s for s in path if not s["decides"]]
+    assert all("loracle measured" not in s["evidence"] for s in others)
+
+
+def test_a_combination_gets_its_own_measured_note(evidence_file):
+    evidence_file(SAMPLE)
+    answer = advise("speed", memory=12.0)
+    assert (answer["variant"], answer["combine_with"]) == ("qlora", ["loraplus"])
+    assert any("QLoRA + LoRA+ reached QLoRA's final held-out loss" in n for n in answer["notes"])
+
+
+@pytest.mark.parametrize("content", [None, "{not json", json.dumps({**SAMPLE, "schema": 99})])
+def test_advice_works_without_usable_evidence(evidence_file, tmp_path, content):
+    if content is not None:
+        evidence_file(content)
+    answer = advise("memory")
+    assert answer["variant"] == "qlora"
+    assert not any("loracle measured" in n for n in answer["notes"])
+    assert all("loracle measured" not in s["evidence"] for s in answer["decision_path"])
+
+
+def test_a_missing_figure_drops_only_its_sentence(evidence_file):
+    partial = json.loads(json.dumps(SAMPLE))
+    del partial["dora"]["step_time_pct"]
+    evidence_file(partial)
+    measured = [n for n in advise("none")["notes"] if n.startswith("loracle measured")]
+    assert len(measured) == 3 and not any("DoRA's" in n for n in measured)
