@@ -110,7 +110,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        if exc.status_code == 400:
+            # FastAPI's and Starlette's answers to a body they cannot decode (bad UTF-8,
+            # broken multipart): one 422 shape like every other bad input.
+            problem = Problem(
+                "body",
+                f"could not be parsed ({exc.detail}); send UTF-8 JSON, or for uploads "
+                "multipart/form-data with a 'file' part and a 'purpose' field",
+            )
+            return error_response(422, "invalid_request", str(problem), [problem])
+        codes = {
+            401: "unauthorized",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }
         detail = str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}; see /docs for the API"

@@ -19,6 +19,8 @@ from api.deps import get_queue
 from api.files.endpoints import router as files_router
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.service import dispatch_pending
+from api.limits import BodyLimit
+from api.schemas import error_responses
 from api.security import configuration_problem, get_owner
 from loracle.settings import get_settings
 
@@ -68,10 +70,17 @@ def create_app() -> FastAPI:
         "service that runs the fine-tuning job.",
     )
     errors.install(app)
+    app.add_middleware(
+        BodyLimit,
+        max_upload_bytes=lambda: (
+            app.dependency_overrides.get(get_settings, get_settings)().max_upload_bytes
+        ),
+    )
     # Every endpoint but /healthz (and the API's own documentation) needs a valid key.
     authenticated = [Depends(get_owner)]
+    documented = error_responses(401, 413, 422)
     for router in (advice_router, catalog_router, files_router, jobs_router):
-        app.include_router(router, dependencies=authenticated)
+        app.include_router(router, dependencies=authenticated, responses=documented)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from advisor.errors import Problem
 from api import idempotency
 from api.errors import ApiError
+from api.paths import check_plain_name
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.models import FileRow
@@ -84,7 +85,7 @@ async def save_upload(
                 f"file: {len(exc.problems)} problem(s); first: {problems[0]}",
                 problems,
             ) from None
-        filename = Path(upload.filename or "upload.jsonl").name[:255]
+        filename = check_plain_name(upload.filename or "upload.jsonl", "file.filename")
         if idempotency_key:
             digest_ = idempotency.body_hash(
                 {"sha256": digest.hexdigest(), "purpose": purpose, "filename": filename}

@@ -144,9 +144,9 @@ def list_artifacts(job_id: str, s: DbDep, owner: OwnerDep, settings: SettingsDep
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}",
+    "/{job_id}/artifacts/{name:path}",
     response_class=FileResponse,
-    responses=error_responses(404),
+    responses=error_responses(404, 422),
 )
 def download_artifact(
     job_id: str, name: str, s: DbDep, owner: OwnerDep, settings: SettingsDep

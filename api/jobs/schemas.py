@@ -57,9 +57,9 @@ class JobCreate(BaseModel):
         "directory inside one of LORACLE_MODEL_ROOTS.",
     )
     training_file: str = Field(
-        min_length=1, max_length=64, description="A file id from POST /v1/files."
+        pattern=r"^file-[0-9a-f]{24}$", description="A file id from POST /v1/files."
     )
-    validation_file: str | None = Field(default=None, min_length=1, max_length=64)
+    validation_file: str | None = Field(default=None, pattern=r"^file-[0-9a-f]{24}$")
     variant: Literal["lora", "qlora", "dora", "loraplus", "auto"] = Field(
         default="auto",
         description="'auto' lets the advisor choose from the profile (and stores its decision).",

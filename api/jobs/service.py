@@ -20,6 +20,7 @@ from advisor.profile import Profile, TrainingSettings
 from advisor.variants import combination
 from api.errors import ApiError
 from api.jobs.schemas import Hyperparameters, JobCreate
+from api.paths import check_local_path, check_plain_name, looks_local
 from loracle.queue import RUN_JOB
 from loracle.settings import Settings
 from loracle.store import jobs as store
@@ -135,7 +136,11 @@ def create_job(
             )
     resolved = body.model
     try:
+        if looks_local(body.model):
+            check_local_path(body.model, "model", settings.allowed_model_roots)
         resolved = resolve_model_source(body.model, settings.allowed_model_roots)
+    except InvalidInput as exc:
+        problems += exc.problems
     except ModelSourceError as exc:
         problems.append(Problem("model", str(exc), body.model))
     if problems:
@@ -329,6 +334,7 @@ def list_artifacts(settings: Settings, job_id: str) -> list[dict[str, Any]]:
 
 def artifact_path(settings: Settings, job_id: str, name: str) -> Path:
     """Only names the listing gives: a name is never joined into a path unchecked."""
+    check_plain_name(name, "name")
     for entry in list_artifacts(settings, job_id):
         if entry["name"] == name:
             return artifacts_dir(settings, job_id) / name

@@ -1,0 +1,99 @@
+"""Request body limits, enforced while the body streams in.
+
+An upload larger than ``LORACLE_MAX_UPLOAD_BYTES`` gets a 413 before its body is
+read whole: at once when ``Content-Length`` says so, and as soon as the running
+count passes the limit for a chunked body that declares no length. Every other
+request body is held to 1 MiB (a job or a profile is a few KiB).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UPLOAD_PATH = "/v1/files"
+# Multipart framing around the file: boundaries, part headers, the purpose field.
+MULTIPART_SLACK = 64 * 1024
+JSON_BODY_LIMIT = 1 << 20
+
+
+class _TooLarge(HTTPException):
+    """Raised from inside the body stream. An HTTPException, because FastAPI turns any
+    other exception met while parsing a body into a 400; this one it lets through to
+    the error handler, which answers 413 in the common error shape."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_upload_bytes: Callable[[], int]) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"] == UPLOAD_PATH
+        limit = self.max_upload_bytes() + MULTIPART_SLACK if upload else JSON_BODY_LIMIT
+        what = (
+            f"upload larger than the limit of {self.max_upload_bytes()} bytes; split the data or "
+            "raise LORACLE_MAX_UPLOAD_BYTES"
+            if upload
+            else f"request body larger than {JSON_BODY_LIMIT} bytes"
+        )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                too_big = False
+            if too_big:
+                await _reject(send, what)
+                return
+
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(what)
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:  # raised outside FastAPI's body parsing
+            if not started:
+                await _reject(send, what)
+
+
+async def _reject(send: Send, detail: str) -> None:
+    body: dict[str, Any] = {"error": "payload_too_large", "detail": detail, "problems": []}
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

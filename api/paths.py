@@ -1,0 +1,87 @@
+"""Checks for every field that names something on the server's disk.
+
+A user never names a server path outside the configured roots. Traversal
+(``..``), percent-encoded forms (``%2e%2e%2f``), NUL bytes and symlinks are
+refused outright, before any path is resolved or opened, with a 422 that names
+the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from advisor.errors import InvalidInput, Problem
+
+_ENCODED = re.compile(r"%[0-9a-fA-F]{2}")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,254}$")
+
+
+def _problem(field: str, message: str, value: str) -> InvalidInput:
+    return InvalidInput([Problem(field, message, value[:300])])
+
+
+def refuse_tricks(value: str, field: str) -> None:
+    """The patterns no legitimate path or name needs."""
+    if "\x00" in value:
+        raise _problem(field, "contains a NUL byte; remove it", value)
+    if _ENCODED.search(value):
+        raise _problem(
+            field, "contains a percent-encoded sequence; send the plain characters", value
+        )
+    if ".." in re.split(r"[\\/]", value):
+        raise _problem(field, "contains '..'; name the place itself, without going up", value)
+
+
+def check_plain_name(value: str, field: str) -> str:
+    """A file name without any directory part, e.g. an upload's or an artifact's."""
+    refuse_tricks(value, field)
+    if "/" in value or "\\" in value or not _PLAIN_NAME.match(value):
+        raise _problem(
+            field,
+            "must be a plain file name (letters, digits, '.', '_', '-', spaces), e.g. train.jsonl",
+            value,
+        )
+    return value
+
+
+def looks_local(value: str) -> bool:
+    """What the worker would load from disk rather than the hub (see
+    worker.modeling._is_local): it must pass check_local_path."""
+    return (
+        value.startswith(("/", ".", "~", "\\"))
+        or value.count("/") > 1
+        or "\\" in value
+        or "\x00" in value
+        or "%" in value
+        or os.path.exists(value)
+    )
+
+
+def check_local_path(value: str, field: str, roots: list[Path]) -> None:
+    """A local path must name, without symlinks, a place inside one of ``roots``."""
+    refuse_tricks(value, field)
+    given = Path(os.path.normpath(os.path.expanduser(value)))
+    if not given.is_absolute():
+        raise _problem(
+            field,
+            "a local path must be absolute and inside the allowed roots "
+            f"({', '.join(str(r) for r in roots)})",
+            value,
+        )
+    root = next((r for r in roots if given.is_relative_to(r)), None)
+    if root is None:
+        raise _problem(
+            field,
+            f"is outside the allowed roots ({', '.join(str(r) for r in roots)}); move the model "
+            "into one of them",
+            value,
+        )
+    here = root
+    for part in given.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            raise _problem(
+                field, f"goes through a symlink ({here}); give the real directory", value
+            )
