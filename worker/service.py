@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
@@ -159,6 +161,47 @@ def build_plan(settings: Settings, job: Any) -> Any:
     return load_plan(plan)
 
 
+def record_token_stats(settings: Settings, job: Any, plan: Any, hooks: StoreHooks) -> None:
+    """Token lengths (min, median, max, before truncation) of the job's files under this
+    model's tokenizer, stored on each file once per model and reported as an event."""
+    from transformers import AutoTokenizer
+
+    from loracle.store.models import FileRow
+    from worker.data import token_length_stats
+
+    files = [(job.training_file, plan.train_file), (job.validation_file, plan.validation_file)]
+    tokenizer = None
+    for file_id, path in files:
+        if not file_id or path is None:
+            continue
+        with session(settings.resolved_database_url) as s:
+            row = s.get(FileRow, s.scalar(select(FileRow.pk).where(FileRow.id == file_id)))
+            known = dict(row.token_stats or {}) if row else {}
+        if job.model in known:
+            stats = known[job.model]
+        else:
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(plan.model, trust_remote_code=False)
+            stats = token_length_stats(path, tokenizer)
+            with session(settings.resolved_database_url) as s:
+                row = s.scalars(select(FileRow).where(FileRow.id == file_id)).one()
+                row.token_stats = {**(row.token_stats or {}), job.model: stats}
+        over = (
+            f"; max {stats['max']:.0f} > seq_len {plan.seq_len}: long rows are cut"
+            if (stats["max"] > plan.seq_len)
+            else ""
+        )
+        hooks.on_event(
+            "data",
+            {
+                "message": f"{file_id}: tokens per row min {stats['min']:.0f}, median "
+                f"{stats['median']:.0f}, max {stats['max']:.0f}{over}",
+                "file": file_id,
+                "token_stats": stats,
+            },
+        )
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -201,6 +244,7 @@ def execute_job(job_id: str, settings: Settings) -> str:
         plan = build_plan(settings, job)
         with session(url) as s:
             store.update_progress(s, job_id, token, plan=plan.model_dump(mode="json"))
+        record_token_stats(settings, job, plan, hooks)
         result = run_training(plan, hooks, resume=True)
     except Exception as exc:  # the job fails; the worker goes on to the next one
         log.exception("job %s failed", job_id)

@@ -267,3 +267,13 @@ def test_unknown_ids_404_and_missing_file_422(redis_service: Service, tiny_model
             json={"model": str(tiny_model), "training_file": "file-nope", "variant": "lora"},
         )
         assert r.status_code == 422 and r.json()["problems"][0]["field"] == "training_file"
+
+
+def test_files_report_token_lengths_for_the_jobs_model(finished, redis_service: Service):
+    job = finished["lora"]
+    with redis_service.client() as c:
+        stats = c.get(f"/v1/files/{job['training_file']}").json()["token_stats"]
+    lengths = stats[job["model"]]
+    assert 0 < lengths["min"] <= lengths["median"] <= lengths["max"]
+    data = [e for e in redis_service.events(job["id"]) if e["type"] == "data"]
+    assert data and data[0]["data"]["token_stats"] == lengths

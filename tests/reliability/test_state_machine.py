@@ -10,12 +10,19 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import update
 
 from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow, now
+from tests.utils.postgres import fresh_database
 
 ALLOWED = {
     store.QUEUED: {store.QUEUED, store.RUNNING, store.CANCELLED},
@@ -28,14 +35,21 @@ MAX_ATTEMPTS = 3
 
 
 class JobLifecycle(RuleBasedStateMachine):
+    database_url: str | None = None  # None: a new SQLite file per example
+
     def __init__(self) -> None:
         super().__init__()
-        folder = Path(tempfile.mkdtemp(prefix="loracle-sm-"))
-        self.url = f"sqlite:///{folder / 'store.db'}"
+        if self.database_url is None:
+            folder = Path(tempfile.mkdtemp(prefix="loracle-sm-"))
+            self.url = f"sqlite:///{folder / 'store.db'}"
+        else:
+            self.url = self.database_url
+        self.job_id = store.new_id("job")
+        file_id = store.new_id("file")
         with session(self.url) as s:
             store.add_file(
                 s,
-                id="file-x",
+                id=file_id,
                 owner=None,
                 filename="t.jsonl",
                 purpose="fine-tune",
@@ -47,10 +61,10 @@ class JobLifecycle(RuleBasedStateMachine):
             )
             s.add(
                 JobRow(
-                    id="job-sm",
+                    id=self.job_id,
                     status=store.QUEUED,
                     model="org/model",
-                    training_file="file-x",
+                    training_file=file_id,
                     variant="lora",
                     requested_variant="lora",
                 )
@@ -62,14 +76,14 @@ class JobLifecycle(RuleBasedStateMachine):
 
     def _job(self) -> JobRow:
         with session(self.url) as s:
-            job = store.get_job(s, "job-sm", any_owner=True)
+            job = store.get_job(s, self.job_id, any_owner=True)
             assert job is not None
             return job
 
     @rule()
     def worker_acquires(self) -> None:
         with session(self.url) as s:
-            token = store.acquire(s, "job-sm", "w", ttl_s=60, max_attempts=MAX_ATTEMPTS)
+            token = store.acquire(s, self.job_id, "w", ttl_s=60, max_attempts=MAX_ATTEMPTS)
         if token is not None:
             assert not self.tokens or token > self.tokens[-1], "fencing tokens only grow"
             self.tokens.append(token)
@@ -80,7 +94,7 @@ class JobLifecycle(RuleBasedStateMachine):
         token = self.tokens[0] if stale else self.tokens[-1]
         before = self._job()
         with session(self.url) as s:
-            recorded = store.finish(s, "job-sm", token, outcome)
+            recorded = store.finish(s, self.job_id, token, outcome)
         after = self._job()
         owner = before.status == store.RUNNING and before.fencing_token == token
         if not owner:
@@ -98,13 +112,13 @@ class JobLifecycle(RuleBasedStateMachine):
     def worker_heartbeats(self) -> None:
         before = self._job()
         with session(self.url) as s:
-            alive = store.heartbeat(s, "job-sm", self.tokens[-1], 60)
+            alive = store.heartbeat(s, self.job_id, self.tokens[-1], 60)
         assert alive == (before.status == store.RUNNING and before.fencing_token == self.tokens[-1])
 
     @rule()
     def api_cancels(self) -> None:
         with session(self.url) as s:
-            job = store.get_job(s, "job-sm", any_owner=True)
+            job = store.get_job(s, self.job_id, any_owner=True)
             assert job is not None
             was = job.status
             status = store.request_cancel(s, job)
@@ -119,7 +133,7 @@ class JobLifecycle(RuleBasedStateMachine):
         with session(self.url) as s:
             s.execute(
                 update(JobRow)
-                .where(JobRow.id == "job-sm", JobRow.status == store.RUNNING)
+                .where(JobRow.id == self.job_id, JobRow.status == store.RUNNING)
                 .values(lease_expires_at=now().replace(year=2000))
             )
             store.reap(s, MAX_ATTEMPTS)
@@ -137,5 +151,17 @@ class JobLifecycle(RuleBasedStateMachine):
         self.last = job.status
 
 
-TestJobLifecycle = JobLifecycle.TestCase
-TestJobLifecycle.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None)
+
+
+def test_lifecycle_on_sqlite() -> None:
+    run_state_machine_as_test(JobLifecycle, settings=SETTINGS)
+
+
+def test_lifecycle_on_postgresql() -> None:
+    with fresh_database() as url:
+
+        class OnPostgres(JobLifecycle):
+            database_url = url
+
+        run_state_machine_as_test(OnPostgres, settings=settings(SETTINGS, max_examples=30))
