@@ -1,5 +1,9 @@
 """Dependencies of the routes, as ``Annotated`` aliases. Tests swap them with
-``app.dependency_overrides`` (e.g. ``get_settings``)."""
+``app.dependency_overrides`` or build the app with their own settings
+(``create_app(settings)``).
+
+Cheap dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in
+its thread pool, a hand-off that cost more than the whole recommendation."""
 
 from __future__ import annotations
 
@@ -10,14 +14,23 @@ from celery import Celery
 from fastapi import Depends
 from sqlalchemy.orm import Session
 
-from api.security import OwnerDep, get_owner
+from api.security import OwnerDep, app_settings, get_owner
 from loracle.queue import celery_for
-from loracle.settings import Settings, get_settings
+from loracle.settings import Settings
 from loracle.store.db import session
 
-__all__ = ["DbDep", "OwnerDep", "QueueDep", "SettingsDep", "get_db", "get_owner", "get_queue"]
+__all__ = [
+    "DbDep",
+    "OwnerDep",
+    "QueueDep",
+    "SettingsDep",
+    "app_settings",
+    "get_db",
+    "get_owner",
+    "get_queue",
+]
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 
 
 def get_db(settings: SettingsDep) -> Iterator[Session]:
@@ -25,7 +38,7 @@ def get_db(settings: SettingsDep) -> Iterator[Session]:
         yield s
 
 
-def get_queue(settings: SettingsDep) -> Celery:
+async def get_queue(settings: SettingsDep) -> Celery:
     return celery_for(settings.model_dump_json())
 
 

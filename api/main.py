@@ -15,14 +15,14 @@ import loracle
 from api import errors
 from api.advice.endpoints import router as advice_router
 from api.catalog.endpoints import router as catalog_router
-from api.deps import get_queue
 from api.files.endpoints import router as files_router
 from api.jobs.endpoints import router as jobs_router
 from api.jobs.service import dispatch_pending
 from api.limits import BodyLimit
 from api.schemas import error_responses
 from api.security import configuration_problem, get_owner
-from loracle.settings import get_settings
+from loracle.queue import celery_for
+from loracle.settings import Settings, get_settings
 
 log = logging.getLogger("loracle.api")
 
@@ -31,9 +31,10 @@ async def _dispatcher(app: FastAPI) -> None:
     """Put queued jobs the broker never received (it was down at submission, or
     lost them) back on the broker, every few seconds."""
     while True:
-        settings = app.dependency_overrides.get(get_settings, get_settings)()
+        settings = app.state.settings
         try:
-            await asyncio.to_thread(dispatch_pending, settings, get_queue(settings))
+            queue = celery_for(settings.model_dump_json())
+            await asyncio.to_thread(dispatch_pending, settings, queue)
         except Exception:  # the loop must outlive a bad round
             log.exception("dispatch round failed")
         await asyncio.sleep(settings.dispatch_interval_s)
@@ -41,7 +42,7 @@ async def _dispatcher(app: FastAPI) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    settings = app.state.settings
     problem = configuration_problem(settings)
     if problem:
         raise RuntimeError(f"loracle cannot start: {problem}")
@@ -61,7 +62,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application, configured by ``settings`` (default: the LORACLE_* environment)."""
     app = FastAPI(
         lifespan=lifespan,
         title="loracle",
@@ -69,6 +71,7 @@ def create_app() -> FastAPI:
         description="Which LoRA variant to use on your hardware, whether it fits, and a "
         "service that runs the fine-tuning job.",
     )
+    app.state.settings = settings or get_settings()
     errors.install(app)
     app.add_middleware(
         BodyLimit,

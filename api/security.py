@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.errors import ApiError
-from loracle.settings import Settings, get_settings
+from loracle.settings import Settings
 
 log = logging.getLogger("loracle.api")
 
@@ -60,7 +60,15 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str | None:
+async def app_settings(request: Request) -> Settings:
+    """The settings the app was built with (``create_app(settings)``)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_owner(
+    request: Request, settings: Annotated[Settings, Depends(app_settings)]
+) -> str | None:
     """The owner of this request: the digest of its valid API key."""
     if settings.auth_disabled:
         return ANONYMOUS

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.security import digest
-from loracle.settings import Settings, get_settings
+from loracle.settings import Settings
 
 KEY_A, KEY_B = "lor_test_key_a", "lor_test_key_b"
 
@@ -26,7 +26,6 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
 
 
 def client_for(settings: Settings, key: str | None = KEY_A) -> TestClient:
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
+    app = create_app(settings)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return TestClient(app, raise_server_exceptions=False, headers=headers)
