@@ -86,14 +86,20 @@ async def _worker(port: int, requests: Iterator[bytes], stop: float, counts: lis
 
 
 def post_load(
-    port: int, path: str, bodies: list[bytes], seconds: float, connections: int = 8
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    seconds: float,
+    connections: int = 8,
+    headers: dict[str, str] | None = None,
 ) -> float:
     """Requests per second of keep-alive POSTs from ``connections`` connections,
     cycling through ``bodies``."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     requests = [
         (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         + body
         for body in bodies

@@ -26,11 +26,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
 
+    import tempfile
+    from pathlib import Path
+
     from fastapi.testclient import TestClient
 
     from advisor.decide import recommend
     from advisor.profile import Profile
     from api.main import create_app
+    from api.security import digest, new_key
+    from loracle.settings import Settings
 
     profile = Profile.model_validate(PROFILE)
     n, start = 0, time.perf_counter()
@@ -45,17 +50,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cold = [
         json.dumps({**PROFILE, "training": {"seq_len": 512 + i}}).encode() for i in range(200_000)
     ]
+    key = new_key()
+    data_dir = tempfile.mkdtemp(prefix="loracle-bench-")
+    env = {"LORACLE_API_KEY_HASHES": digest(key), "LORACLE_DATA_DIR": data_dir}
+    auth = {"Authorization": f"Bearer {key}"}
+    settings = Settings(api_key_hashes=digest(key), data_dir=Path(data_dir))
     answer = (
-        TestClient(create_app())
-        .post("/v1/recommendations", content=body, headers={"content-type": "application/json"})
+        TestClient(create_app(settings))
+        .post(
+            "/v1/recommendations",
+            content=body,
+            headers={"content-type": "application/json", **auth},
+        )
         .content
     )
     assert b'"variant"' in answer, answer
-    with uvicorn_server("api.main:app") as port:
-        hot = post_load(port, "/v1/recommendations", [body], args.seconds)
-        cold_rate = post_load(port, "/v1/recommendations", cold, args.seconds)
+    with uvicorn_server("api.main:app", env) as port:
+        hot = post_load(port, "/v1/recommendations", [body], args.seconds, headers=auth)
+        cold_rate = post_load(port, "/v1/recommendations", cold, args.seconds, headers=auth)
     with uvicorn_server("bench.bare_app:app", {"LORACLE_BENCH_BODY": answer.decode()}) as port:
-        bare = post_load(port, "/v1/recommendations", [body], args.seconds)
+        bare = post_load(port, "/v1/recommendations", [body], args.seconds, headers=auth)
 
     figures = {
         "in_process_per_s": round(in_process, 1),
