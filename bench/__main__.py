@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["advice", "training"]
+BENCHMARKS = ["advice", "training", "evidence"]
 
 
 def main() -> None:

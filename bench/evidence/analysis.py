@@ -1,0 +1,235 @@
+"""From run records to the figures of each claim. Pure: lists and dicts in, dicts out.
+
+A run record (see `bench.evidence.main`) holds `key` (the variant combination, e.g.
+`qlora+loraplus`), `learning_rate`, `seed`, `evals` (held-out metrics by step, step 0 first)
+and the run's timings and sizes.
+
+Conventions:
+- Spread is over seeds: mean, sample standard deviation, min and max. Seeds pair up (the same
+  seed gives two variants the same data order and the same lora_A initialization), so ratios
+  are taken per seed, then summarized.
+- "Steps to the target": the target is the worst final eval loss among the baseline's seeds,
+  the quality the baseline is sure to reach within the budget. The step at which a run first
+  reaches it is interpolated linearly between evaluations. A run that never reaches it has
+  no step (`None`), and its speedup is reported as not reached.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+METRICS = ("eval_loss", "exact_match", "token_accuracy")
+
+
+def spread(values: Iterable[float | None]) -> dict[str, Any]:
+    """mean, sample std (0 for one value), min, max and n of the values that exist."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
+
+
+def final(run: dict[str, Any]) -> dict[str, float]:
+    return run["evals"][-1]
+
+
+def steps_to(run: dict[str, Any], target: float) -> float | None:
+    """First (interpolated) step at which the held-out loss is at or below `target`."""
+    previous = None
+    for point in run["evals"]:
+        step, loss = point["step"], point["eval_loss"]
+        if loss <= target:
+            if previous is None or previous[1] == loss:
+                return float(step)
+            s0, l0 = previous
+            return s0 + (l0 - target) / (l0 - loss) * (step - s0)
+        previous = (step, loss)
+    return None
+
+
+def select(runs: list[dict[str, Any]], key: str, lr: float | None = None) -> list[dict[str, Any]]:
+    """Runs of one combination (at one learning rate when given), by seed."""
+    chosen = [r for r in runs if r["key"] == key and (lr is None or _same(r["learning_rate"], lr))]
+    return sorted(chosen, key=lambda r: r["seed"])
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+
+
+def _paired(base: list[dict[str, Any]], other: list[dict[str, Any]]):
+    by_seed = {r["seed"]: r for r in other}
+    return [(b, by_seed[b["seed"]]) for b in base if b["seed"] in by_seed]
+
+
+def speedup(base: list[dict[str, Any]], fast: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much sooner `fast` reaches the baseline's worst final eval loss than `base`."""
+    if not base or not fast:
+        return {"target_eval_loss": None, "speedup": spread([]), "per_seed": []}
+    target = max(final(r)["eval_loss"] for r in base)
+    per_seed = []
+    for b, f in _paired(base, fast):
+        sb, sf = steps_to(b, target), steps_to(f, target)
+        per_seed.append(
+            {
+                "seed": b["seed"],
+                "baseline_steps": sb,
+                "steps": sf,
+                "speedup": sb / sf if sb and sf else None,
+            }
+        )
+    return {
+        "target_eval_loss": target,
+        "baseline_steps": spread(p["baseline_steps"] for p in per_seed),
+        "steps": spread(p["steps"] for p in per_seed),
+        "speedup": spread(p["speedup"] for p in per_seed),
+        "reached": sum(p["steps"] is not None for p in per_seed),
+        "per_seed": per_seed,
+    }
+
+
+def quality(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final held-out metrics of both, and the per-seed differences (other - base): eval loss
+    in nats and relative %, exact match and token accuracy in percentage points."""
+    pairs = _paired(base, other)
+    return {
+        "baseline": {m: spread(final(r)[m] for r in base) for m in METRICS},
+        "variant": {m: spread(final(r)[m] for r in other) for m in METRICS},
+        "eval_loss_diff": spread(final(o)["eval_loss"] - final(b)["eval_loss"] for b, o in pairs),
+        "eval_loss_diff_pct": spread(
+            100 * (final(o)["eval_loss"] / final(b)["eval_loss"] - 1) for b, o in pairs
+        ),
+        "exact_match_diff_pts": spread(
+            100 * (final(o)["exact_match"] - final(b)["exact_match"]) for b, o in pairs
+        ),
+        "token_accuracy_diff_pts": spread(
+            100 * (final(o)["token_accuracy"] - final(b)["token_accuracy"]) for b, o in pairs
+        ),
+    }
+
+
+def overhead(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trainable parameters over the baseline's (% of its adapter and % of the whole model)
+    and median step time over the baseline's, per seed (%)."""
+    pairs = _paired(base, other)
+    if not pairs:
+        return {}
+    b0, o0 = pairs[0]
+    extra = o0["trainable_parameters"] - b0["trainable_parameters"]
+    return {
+        "trainable_parameters": o0["trainable_parameters"],
+        "baseline_trainable_parameters": b0["trainable_parameters"],
+        "extra_parameters": extra,
+        "extra_parameters_pct_of_adapter": 100 * extra / b0["trainable_parameters"],
+        "extra_parameters_pct_of_model": 100 * extra / b0["all_parameters"],
+        "step_seconds": spread(o["median_step_seconds"] for _, o in pairs),
+        "baseline_step_seconds": spread(b["median_step_seconds"] for b, _ in pairs),
+        "step_time_pct": spread(
+            100 * (o["median_step_seconds"] / b["median_step_seconds"] - 1) for b, o in pairs
+        ),
+    }
+
+
+def best_learning_rate(runs: list[dict[str, Any]], key: str, seed: int) -> float | None:
+    """The learning rate whose run (at `seed`) ends with the lowest held-out loss."""
+    candidates = [r for r in runs if r["key"] == key and r["seed"] == seed]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: final(r)["eval_loss"])["learning_rate"]
+
+
+def curves(runs: list[dict[str, Any]], key: str, lr: float) -> dict[str, Any]:
+    """Mean, min and max held-out loss by evaluation step over the seeds (for plots)."""
+    chosen = select(runs, key, lr)
+    if not chosen:
+        return {"steps": [], "mean": [], "min": [], "max": []}
+    steps = [p["step"] for p in chosen[0]["evals"]]
+    losses = [[r["evals"][i]["eval_loss"] for r in chosen] for i in range(len(steps))]
+    return {
+        "steps": steps,
+        "mean": [statistics.fmean(x) for x in losses],
+        "min": [min(x) for x in losses],
+        "max": [max(x) for x in losses],
+    }
+
+
+def claims(
+    runs: list[dict[str, Any]],
+    *,
+    base_lr: float,
+    best_lr: dict[str, float],
+    memory: dict[str, Any],
+    estimate_7b: dict[str, Any],
+) -> dict[str, Any]:
+    """Every claim's figures, keyed by the claim."""
+    at = {key: select(runs, key, base_lr) for key in {r["key"] for r in runs}}
+    lora_best = select(runs, "lora", best_lr.get("lora", base_lr))
+    plus_best = select(runs, "loraplus", best_lr.get("loraplus", base_lr))
+
+    def mem(key: str) -> dict[str, Any]:
+        return memory.get(key, {})
+
+    finals = {k: spread(final(r)["exact_match"] for r in v) for k, v in at.items()}
+    losses = {k: spread(final(r)["eval_loss"] for r in v) for k, v in at.items()}
+    # Best by exact match, ties (e.g. none right yet) by the lower held-out loss.
+    best_key = max(finals, key=lambda k: (finals[k]["mean"] or 0.0, -(losses[k]["mean"] or 0.0)))
+    return {
+        "loraplus": {
+            "seed_says": "reaches the target quality roughly 1.5-2x faster",
+            "same_lr": {"learning_rate": base_lr, **speedup(at["lora"], at["loraplus"])},
+            "best_lr": {
+                "lora_learning_rate": best_lr.get("lora"),
+                "loraplus_learning_rate": best_lr.get("loraplus"),
+                **speedup(lora_best, plus_best),
+            },
+            "quality_same_lr": quality(at["lora"], at["loraplus"]),
+            "quality_best_lr": quality(lora_best, plus_best),
+        },
+        "dora": {
+            "seed_says": "raises quality by a few percent with under 5% more parameters",
+            "quality": quality(at["lora"], at["dora"]),
+            "overhead": overhead(at["lora"], at["dora"]),
+        },
+        "qlora": {
+            "seed_says": "a 7B model in about 6 GB instead of about 16 GB; quality almost "
+            "untouched",
+            "quality": quality(at["lora"], at["qlora"]),
+            "overhead": overhead(at["lora"], at["qlora"]),
+            "memory_small": {"lora": mem("lora"), "qlora": mem("qlora")},
+            "memory_7b": estimate_7b,
+        },
+        "qlora+loraplus": {
+            "seed_says": "the ideas combine",
+            "speed_vs_qlora": speedup(at["qlora"], at["qlora+loraplus"]),
+            "quality_vs_qlora": quality(at["qlora"], at["qlora+loraplus"]),
+            "quality_vs_lora": quality(at["lora"], at["qlora+loraplus"]),
+            "memory_small": mem("qlora+loraplus"),
+        },
+        "qlora+dora": {
+            "seed_says": "the ideas combine",
+            "quality_vs_qlora": quality(at["qlora"], at["qlora+dora"]),
+            "quality_vs_lora": quality(at["lora"], at["qlora+dora"]),
+            "overhead_vs_qlora": overhead(at["qlora"], at["qlora+dora"]),
+            "memory_small": mem("qlora+dora"),
+        },
+        "lora": {
+            "seed_says": "standard LoRA still works well for most jobs",
+            "exact_match": finals.get("lora"),
+            "best_variant": best_key,
+            "best_exact_match": finals[best_key],
+            "share_of_best_pct": (
+                100 * finals["lora"]["mean"] / finals[best_key]["mean"]
+                if finals[best_key]["mean"]
+                else None
+            ),
+            "base_exact_match": spread(r["evals"][0]["exact_match"] for r in at["lora"]),
+        },
+    }

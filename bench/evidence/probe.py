@@ -1,0 +1,42 @@
+"""Memory of one variant, measured in a fresh process: `python -m bench.evidence.probe PLAN`.
+
+Why a process of its own: on CPU the worker measures peak memory as the growth of the
+process's resident set over its value at the start of the run. In a process that already ran
+a training run, freed memory stays with the allocator and the next run's growth reads near
+zero; a fresh process per variant starts every measurement from the same place (Python,
+torch, transformers and peft imported, nothing trained).
+
+Prints one JSON object: the worker's `peak_memory`, and the bytes of the model's tensors as
+built by the worker (`runs.tensor_bytes`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def probe(plan_path: Path) -> dict:
+    from bench.evidence.runs import capture_model, tensor_bytes
+    from worker.plan import load_plan
+    from worker.training import run_training
+
+    plan = load_plan(plan_path)
+    with capture_model() as box:
+        result = run_training(plan, resume=False)
+    return {
+        "peak_memory": result.peak_memory.model_dump(),
+        "model_bytes": tensor_bytes(box["model"]),
+        "trainable_parameters": result.trainable_parameters,
+        "steps": result.steps,
+    }
+
+
+def main() -> None:
+    # The last line of stdout is the answer; libraries may print before it.
+    print(json.dumps(probe(Path(sys.argv[1]))))
+
+
+if __name__ == "__main__":
+    main()
