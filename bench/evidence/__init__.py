@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,17 @@ def _plan_fields(mode: Mode, key: str, lr: float, seed: int, steps: int) -> dict
     }
 
 
+def _single_thread() -> None:
+    """One torch thread per process. Fine-tuning this model multiplies matrices of a few
+    hundred columns, which a second thread barely speeds up; and on a machine shared with
+    other jobs, OpenMP threads that wait for each other at every operation while one of them
+    is descheduled made steps 5-20x slower (measured). Parallelism comes from running two
+    fine-tuning processes at once instead (`--jobs`)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _run(
     mode: Mode,
     model_dir: Path,
@@ -161,6 +174,7 @@ def _run(
     seed: int,
     group: str,
 ) -> dict[str, Any]:
+    """One fine-tuning run (in a pool worker); its record."""
     from bench.evidence.runs import make_plan, train_and_evaluate
     from bench.evidence.task import Evaluator
 
@@ -169,12 +183,27 @@ def _run(
     figures, _ = train_and_evaluate(
         plan, lambda tok: Evaluator(Path(task["eval_file"]), tok, 128), mode.eval_every
     )
-    last = figures["evals"][-1]
-    _log(
-        f"{group:>5} {key:<15} lr {lr:<7g} seed {seed}: held-out loss {last['eval_loss']:.3f}, "
-        f"exact match {last['exact_match']:.3f}, median step {figures['median_step_seconds']:.3f}s"
-    )
     return {"key": key, "learning_rate": lr, "seed": seed, "group": group, **figures}
+
+
+def _report_run(record: dict[str, Any]) -> None:
+    last = record["evals"][-1]
+    _log(
+        f"{record['group']:>5} {record['key']:<15} lr {record['learning_rate']:<7g} seed "
+        f"{record['seed']}: held-out loss {last['eval_loss']:.3f}, exact match "
+        f"{last['exact_match']:.3f}, median step {record['median_step_cpu_seconds']:.3f}s CPU "
+        f"({record['median_step_seconds']:.3f}s wall)"
+    )
+
+
+def _run_all(pool, jobs: list[tuple]) -> list[dict[str, Any]]:
+    """Run `_run(*job)` for every job on the pool; records in the order of `jobs`."""
+    futures = [pool.submit(_run, *job) for job in jobs]
+    records = []
+    for future in futures:
+        records.append(future.result())
+        _report_run(records[-1])
+    return records
 
 
 def _probe(mode: Mode, model_dir: Path, task: dict[str, Any], work: Path, key: str) -> dict:
@@ -195,7 +224,7 @@ def _probe(mode: Mode, model_dir: Path, task: dict[str, Any], work: Path, key: s
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe of {key} failed:\n{proc.stderr[-3000:]}")
@@ -339,11 +368,14 @@ def discussion(claims: dict[str, Any], verdicts: dict[str, Any], base: dict[str,
     return lines
 
 
-def run(mode: Mode, out_dir: Path | None, publish: bool, keep: Path | None) -> dict[str, Any]:
+def run(
+    mode: Mode, out_dir: Path | None, publish: bool, keep: Path | None, jobs: int = 2
+) -> dict[str, Any]:
     import torch
 
+    _single_thread()
     import bench._common as common
-    from bench.evidence import analysis, report
+    from bench.evidence import analysis
     from bench.evidence.base import build_base, read_corpus
     from bench.evidence.task import write_task
     from worker.artifacts import library_versions
@@ -361,53 +393,47 @@ def run(mode: Mode, out_dir: Path | None, publish: bool, keep: Path | None) -> d
         task = write_task(
             work / "task", train_texts, train_rows=mode.train_rows, eval_rows=mode.eval_rows
         )
-        runs: list[dict[str, Any]] = []
-        for seed in mode.seeds:
-            for key in mode.variants:
-                runs.append(
-                    _run(mode, model_dir, task, work, key, mode.learning_rate, seed, "grid")
-                )
-        best_lr: dict[str, float] = {}
-        for key in ("lora", "loraplus"):
-            for lr in mode.sweep:
-                if abs(lr - mode.learning_rate) > 1e-12:
-                    runs.append(_run(mode, model_dir, task, work, key, lr, mode.seeds[0], "sweep"))
-            best_lr[key] = analysis.best_learning_rate(runs, key, mode.seeds[0])  # type: ignore[assignment]
-            if abs(best_lr[key] - mode.learning_rate) > 1e-12:
-                for seed in mode.seeds[1:]:
-                    runs.append(_run(mode, model_dir, task, work, key, best_lr[key], seed, "best"))
-        memory = {key: _probe(mode, model_dir, task, work, key) for key in mode.variants}
+        # Seeds outermost: the variants of one seed run side by side, so a busy spell on a
+        # shared machine falls on every variant alike.
+        grid = [
+            (mode, model_dir, task, work, key, mode.learning_rate, seed, "grid")
+            for seed in mode.seeds
+            for key in mode.variants
+        ]
+        sweep = [
+            (mode, model_dir, task, work, key, lr, mode.seeds[0], "sweep")
+            for key in ("lora", "loraplus")
+            for lr in mode.sweep
+            if abs(lr - mode.learning_rate) > 1e-12
+        ]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_single_thread) as pool:
+            runs = _run_all(pool, grid + sweep)
+            best_lr: dict[str, float] = {}
+            best = []
+            for key in ("lora", "loraplus"):
+                best_lr[key] = analysis.best_learning_rate(runs, key, mode.seeds[0])  # type: ignore[assignment]
+                if abs(best_lr[key] - mode.learning_rate) > 1e-12:
+                    best += [
+                        (mode, model_dir, task, work, key, best_lr[key], seed, "best")
+                        for seed in mode.seeds[1:]
+                    ]
+            runs += _run_all(pool, best)
+        # Each probe is a process of its own; `jobs` of them at a time (their memory is
+        # their own, and nothing here is timed).
+        with ThreadPoolExecutor(jobs) as threads:
+            measured = threads.map(lambda k: _probe(mode, model_dir, task, work, k), mode.variants)
+            memory = dict(zip(mode.variants, measured, strict=True))
     finally:
         if work_ctx:
             work_ctx.cleanup()
 
     e7b = estimate_7b(mode.trace_7b)
-    claims = analysis.claims(
-        runs, base_lr=mode.learning_rate, best_lr=best_lr, memory=memory, estimate_7b=e7b
-    )
-    verdicts = report.verdicts(claims)
-    versions = {k: v for k, v in library_versions().items() if v}
     command = (
         "python -m bench evidence"
         + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode.name]
     )
-    per_variant = {}
-    for key in mode.variants:
-        chosen = analysis.select(runs, key, mode.learning_rate)
-        per_variant[key] = {
-            **{m: analysis.spread(analysis.final(r)[m] for r in chosen) for m in analysis.METRICS},
-            "median_step_seconds": analysis.spread(r["median_step_seconds"] for r in chosen),
-            "trainable_parameters": chosen[0]["trainable_parameters"],
-        }
-    sweep_table = {
-        key: {
-            f"{r['learning_rate']:g}": analysis.final(r)
-            for r in runs
-            if r["key"] == key and r["seed"] == mode.seeds[0]
-        }
-        for key in ("lora", "loraplus")
-    }
-    results: dict[str, Any] = {
+    measured: dict[str, Any] = {
         "machine": common.machine(),
         "mode": mode.name,
         "setup": {
@@ -427,32 +453,76 @@ def run(mode: Mode, out_dir: Path | None, publish: bool, keep: Path | None) -> d
             "learning_rate": mode.learning_rate,
             "sweep": list(mode.sweep),
             "lora_rank": mode.lora_rank,
-            "device": f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
-            "versions": versions,
+            "variants": list(mode.variants),
+            "device": f"CPU ({os.cpu_count()} cores; {jobs} fine-tuning processes of "
+            f"{torch.get_num_threads()} torch thread each)",
+            "versions": {k: v for k, v in library_versions().items() if v},
             "mode": asdict(mode),
         },
         "base": base,
         "best_learning_rate": best_lr,
+        "memory": memory,
+        "estimate_7b": e7b,
+        "runs": runs,
+        "runtime_seconds": round(time.perf_counter() - started, 1),
+    }
+    results = summarize(measured)
+    _write(results, out_dir, publish)
+    return results
+
+
+def summarize(measured: dict[str, Any]) -> dict[str, Any]:
+    """The measurements plus everything derived from them (claims, verdicts, tables, the
+    advisor's evidence): what the results file holds. Pure, so `--render` can redo it."""
+    from bench.evidence import analysis, report
+
+    setup, runs = measured["setup"], measured["runs"]
+    base_lr, first_seed = setup["learning_rate"], setup["seeds"][0]
+    claims = analysis.claims(
+        runs,
+        base_lr=base_lr,
+        best_lr=measured["best_learning_rate"],
+        memory=measured["memory"],
+        estimate_7b=measured["estimate_7b"],
+    )
+    verdicts = report.verdicts(claims)
+    per_variant = {}
+    for key in setup["variants"]:
+        chosen = analysis.select(runs, key, base_lr)
+        per_variant[key] = {
+            **{m: analysis.spread(analysis.final(r)[m] for r in chosen) for m in analysis.METRICS},
+            "median_step_seconds": analysis.spread(r["median_step_seconds"] for r in chosen),
+            "median_step_cpu_seconds": analysis.spread(
+                r["median_step_cpu_seconds"] for r in chosen
+            ),
+            "trainable_parameters": chosen[0]["trainable_parameters"],
+        }
+    sweep_table = {
+        key: {
+            f"{r['learning_rate']:g}": analysis.final(r)
+            for r in runs
+            if r["key"] == key and r["seed"] == first_seed
+        }
+        for key in ("lora", "loraplus")
+    }
+    derived = {
         "claims": claims,
         "verdicts": verdicts,
         "per_variant": per_variant,
         "sweep_table": sweep_table,
-        "memory": memory,
-        "estimate_7b": e7b,
-        "discussion": discussion(claims, verdicts, base),
-        "runs": runs,
+        "discussion": discussion(claims, verdicts, measured["base"]),
     }
-    results["runtime_seconds"] = round(time.perf_counter() - started, 1)
+    results = {**measured, **derived}
     results["advisor_evidence"] = report.advisor_evidence(results)
-    _write(results, mode, out_dir, publish)
     return results
 
 
-def _write(results: dict[str, Any], mode: Mode, out_dir: Path | None, publish: bool) -> None:
+def _write(results: dict[str, Any], out_dir: Path | None, publish: bool) -> None:
     from bench._common import write_results
     from bench.evidence import report
 
-    name = "evidence" if mode.name == "full" else f"evidence-{mode.name}"
+    mode = results["mode"]
+    name = "evidence" if mode == "full" else f"evidence-{mode}"
     figures = {k: v for k, v in results.items() if k != "machine"}
     if out_dir is None:
         path = write_results(name, figures)
@@ -509,11 +579,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="full mode: do not rewrite BENCHMARKS.md and advisor/data/evidence.json",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="fine-tuning runs at once, one torch thread each (default: 2, or 1 on one core)",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS",
+        help="train nothing: recompute the figures, plots and reports from a results file "
+        "(a full run's republishes)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the runs' adapters and data here")
     args = parser.parse_args(argv)
+    if args.render:
+        stored = json.loads(args.render.read_text(encoding="utf-8"))
+        results = summarize(stored)
+        publish = results["mode"] == "full" and args.out is None and not args.no_publish
+        _write(results, args.out, publish)
+        return results
     mode = MODES[args.mode or "full"]
     publish = mode.name == "full" and args.out is None and not args.no_publish
-    results = run(mode, args.out, publish, args.keep)
+    results = run(mode, args.out, publish, args.keep, max(1, args.jobs))
     _log(f"done in {results['runtime_seconds'] / 60:.1f} minutes")
     for claim, verdict in results["verdicts"].items():
         print(f"{claim:>10}: {verdict['verdict']}")

@@ -12,7 +12,7 @@ The build, in order, every step seeded:
 2. Tokenizer: byte-level BPE trained on the corpus (`tokenizers`; deterministic for the same
    text).
 3. Model: a fresh `LlamaForCausalLM` pretrained with transformers' `Trainer` on `seq_len`-token
-   chunks of the training files, for `steps` optimizer steps.
+   chunks of the training files, for `steps` optimizer steps, on `torch_threads` threads.
 4. Record: `bench-base.json` next to the weights: the spec, the corpus digest, the held-out
    loss of the model against the corpus's unigram entropy (the loss of a model that learned
    only token frequencies), the loss curve, the weights' sha256 and the build time.
@@ -20,7 +20,8 @@ The build, in order, every step seeded:
 The result is cached in `cache_root()/<key>/`, where the key hashes the spec, the corpus
 digest, the Python version and the versions of torch, transformers and tokenizers: the same
 inputs on the same machine rebuild the same weights (CPU kernels are deterministic for a fixed
-thread count), and a change of any of them builds a new base beside the old one.
+thread count, which the spec fixes), and a change of any of them builds a new base beside
+the old one.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class BaseSpec:
     seed: int = 0
     corpus_files: int | None = None
     """Use only the first this many files of the corpus (None: all); for the smoke mode."""
+    torch_threads: int = 1
+    """Threads of the pretraining. Part of the spec because CPU matmuls split their sums
+    differently over a different number of threads: the same seed gives the same bits only
+    with the same thread count."""
 
     @property
     def tag(self) -> str:
@@ -210,6 +215,7 @@ def _pretrain(spec: BaseSpec, dest: Path, log) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback
 
     started = time.perf_counter()
+    torch.set_num_threads(spec.torch_threads)
     train_texts, held_texts, digest = read_corpus(spec.corpus_files)
     tokenizer = train_tokenizer(train_texts, spec.vocab_size)
     train_chunks = _chunks(train_texts, tokenizer, spec.seq_len)

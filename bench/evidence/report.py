@@ -246,25 +246,47 @@ def plot_memory(results: dict[str, Any], path: Path) -> None:
     figure = _figure(11, 4.5)
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     xs = range(len(keys))
-    weights = [memory[k]["model_bytes"]["weights"] / MIB for k in keys]
-    rss = [(memory[k]["peak_memory"].get("rss_growth_bytes") or 0) / MIB for k in keys]
-    left.bar([x - 0.2 for x in xs], weights, width=0.4, label="weights (tensor bytes)")
-    left.bar([x + 0.2 for x in xs], rss, width=0.4, label="peak RSS growth (worker)")
+    bars = {
+        "frozen weights (tensor bytes)": [memory[k]["model_bytes"]["weights"] / MIB for k in keys],
+        "of which adapted linear layers": [
+            memory[k]["model_bytes"]["adapted_linears"] / MIB for k in keys
+        ],
+        "peak RSS growth (the worker's)": [
+            (memory[k]["peak_memory"].get("rss_growth_bytes") or 0) / MIB for k in keys
+        ],
+    }
+    for i, (label, values) in enumerate(bars.items()):
+        left.bar([x + (i - 1) * 0.27 for x in xs], values, width=0.27, label=label)
     left.set_xticks(list(xs), [VARIANT_LABELS[k] for k in keys], rotation=20, fontsize=8)
     left.set_ylabel("MiB")
+    left.set_yscale("log")
+    left.set_ylim(top=max(max(v) for v in bars.values()) * 40)  # room for the legend
     left.set_title(f"measured, {results['setup']['model_short']} on CPU", fontsize=10)
     left.legend(fontsize=8)
     left.grid(alpha=0.3, axis="y")
     est = results["estimate_7b"]["seq_len_2048"]["per_variant"]
     ekeys = [k for k in VARIANT_LABELS if k in est]
-    right.bar(range(len(ekeys)), [est[k]["total_gb"] for k in ekeys], color="tab:green")
+    right.bar(
+        range(len(ekeys)), [est[k]["total_gb"] for k in ekeys], color="tab:green", label="analytic"
+    )
+    traced = (results["estimate_7b"].get("traced_seq_len_2048") or {}).get("per_variant", {})
+    tx = [i for i, k in enumerate(ekeys) if k in traced]
+    if tx:
+        right.scatter(
+            tx,
+            [traced[ekeys[i]]["total_gb"] for i in tx],
+            color="black",
+            zorder=3,
+            label="traced (worker.memtrace)",
+        )
+    right.legend(fontsize=8, loc="upper center")
     right.axhline(16, color="grey", linestyle=":", linewidth=1)
     right.axhline(6, color="grey", linestyle=":", linewidth=1)
     right.text(len(ekeys) - 0.5, 16.3, "seed: ~16 GB", fontsize=8, ha="right")
     right.text(len(ekeys) - 0.5, 6.3, "seed: ~6 GB", fontsize=8, ha="right")
     right.set_xticks(range(len(ekeys)), [VARIANT_LABELS[k] for k in ekeys], rotation=20, fontsize=8)
     right.set_ylabel("GB (10^9 bytes) the card must have free")
-    right.set_title("Llama-2-7B, analytic (advisor.memory), seq 2048", fontsize=10)
+    right.set_title("Llama-2-7B, seq 2048, bf16, gradient checkpointing", fontsize=10)
     right.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     figure.savefig(path)
@@ -482,7 +504,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     add("")
     add(
         "| variant | held-out loss | exact match | token accuracy | trainable parameters | "
-        "median step (s) |"
+        "median step, CPU s (wall s) |"
     )
     add("|---|---|---|---|---|---|")
     for key, label in VARIANT_LABELS.items():
@@ -492,9 +514,41 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         add(
             f"| {label} | {_pm(row['eval_loss'], '{:.3f}')} | {_pm(row['exact_match'], '{:.3f}')} "
             f"| {_pm(row['token_accuracy'], '{:.3f}')} | {row['trainable_parameters']:,} | "
-            f"{_pm(row['median_step_seconds'], '{:.3f}')} |"
+            f"{_pm(row['median_step_cpu_seconds'], '{:.3f}')} "
+            f"({_pm(row['median_step_seconds'], '{:.3f}')}) |"
         )
     add("")
+    kinds = sorted(
+        {k for r in results["runs"] for k in analysis.final(r).get("exact_match_by_kind", {})}
+    )
+    if kinds:
+        add(
+            "Exact match by kind of expression (mean over seeds, base learning rate; step 0 is "
+            "the base model before fine-tuning):"
+        )
+        add("")
+        add("| variant | " + " | ".join(kinds) + " |")
+        add("|---|" + "---|" * len(kinds))
+        lora_runs = analysis.select(results["runs"], "lora", s["learning_rate"])
+        rows = [("base (step 0)", [r["evals"][0] for r in lora_runs])]
+        rows += [
+            (
+                label,
+                [
+                    analysis.final(r)
+                    for r in analysis.select(results["runs"], key, s["learning_rate"])
+                ],
+            )
+            for key, label in VARIANT_LABELS.items()
+        ]
+        for label, points in rows:
+            if points:
+                cells = [
+                    sum(p["exact_match_by_kind"].get(k, 0.0) for p in points) / len(points)
+                    for k in kinds
+                ]
+                add(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+        add("")
     add("| comparison | held-out loss | exact match | extra parameters | step time |")
     add("|---|---|---|---|---|")
     for name, quality, over in (
@@ -521,8 +575,10 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         )
     add("")
     add(
-        "Step times are medians of each run's per-step wall clock (evaluation excluded) on a "
-        "shared 2-core machine: read them as rough. On CPU, bitsandbytes' NF4 matmuls "
+        "Step times are medians over each run's steps (evaluation excluded) of the process's "
+        "CPU time, both threads together, which other jobs on a shared machine inflate far "
+        "less than the wall clock (given in brackets); the overheads compare CPU times. Read "
+        "them as rough. On CPU, bitsandbytes' NF4 matmuls "
         "dequantize in software; a CUDA card's kernels cost far less."
     )
     add("")
