@@ -6,8 +6,9 @@ a training run, freed memory stays with the allocator and the next run's growth 
 zero; a fresh process per variant starts every measurement from the same place (Python,
 torch, transformers and peft imported, nothing trained).
 
-Prints one JSON object: the worker's `peak_memory`, and the bytes of the model's tensors as
-built by the worker (`runs.tensor_bytes`).
+Prints one JSON object: the worker's `peak_memory`, the bytes of the model's tensors as built
+by the worker (`runs.tensor_bytes`), and the held-out language-modelling loss of the base as
+this variant stores it (adapters off): for QLoRA, what NF4 did to the pretrained model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+
+def base_lm_loss(model, tokenizer, chunks: int = 32) -> float | None:
+    """Held-out loss (nats/token) of the base with the adapters switched off, on the
+    standard-library files the base never trained on."""
+    try:
+        from bench.evidence.base import _chunks, held_out_loss, read_corpus
+
+        _, held_texts, _ = read_corpus()
+        held = _chunks(held_texts, tokenizer, 128)[:chunks]
+        with model.disable_adapter():
+            return round(held_out_loss(model, held, 16), 4)
+    except Exception as exc:  # a figure for the report, never a reason to lose the probe
+        print(f"base_lm_loss unavailable: {exc!r}", file=sys.stderr)
+        return None
 
 
 def probe(plan_path: Path) -> dict:
@@ -30,6 +46,7 @@ def probe(plan_path: Path) -> dict:
         "model_bytes": tensor_bytes(box["model"]),
         "trainable_parameters": result.trainable_parameters,
         "steps": result.steps,
+        "base_lm_loss": base_lm_loss(box["model"], box["tokenizer"]),
     }
 
 
