@@ -118,16 +118,16 @@ def _quantize_4bit(model, plan: TrainingPlan, dtype: torch.dtype, device: str) -
 def build_model(config: Mapping[str, Any], plan: TrainingPlan, device: str = "meta"):
     """The peft model the worker would train for `plan`, with the architecture `config`.
 
-    `device` is "meta" (no memory, no data: for tracing) or "cpu" (random weights, for
-    checking a trace against a real step). `plan` must be resolved (precision and optimizer
-    set). Returns the `PeftModel` in training mode.
+    `device` is "meta" (no memory, no data: for tracing), or "cpu" or "cuda" (random weights,
+    for checking a trace against real steps). `plan` must be resolved (precision and
+    optimizer set). Returns the `PeftModel` in training mode.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     kwargs = modeling.model_load_kwargs(plan, "cuda")
     dtype = kwargs["dtype"]
-    place = torch.device("meta") if device == "meta" else contextlib.nullcontext()
+    place = torch.device(device) if device in ("meta", "cuda") else contextlib.nullcontext()
     architecture = hf_config(config)
     try:
         with place:

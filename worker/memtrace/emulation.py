@@ -304,6 +304,14 @@ def run_attention(kernel: str, q, k, v, mask, dropout_p, is_causal, scale, enabl
         )[0]
         return out[..., :size] if out.size(-1) != size else out
     if kernel == "efficient":
+        if enable_gqa and k.size(-3) != q.size(-3):
+            # Only reached in fp32 without a mask (transformers passes enable_gqa only
+            # without one, and flash takes half precision). The meta kernels of memory-
+            # efficient attention assume as many k/v heads as query heads, so k and v are
+            # repeated to all heads, as the math kernel does (conservative by the k/v size).
+            groups = q.size(-3) // k.size(-3)
+            k = k.repeat_interleave(groups, -3)
+            v = v.repeat_interleave(groups, -3)
         bias = _bool_mask_to_additive(mask, q.dtype)
         if bias is not None:
             # attention.cpp `preprocess_mask`: pad to an aligned row, then expand (a view).
@@ -341,6 +349,15 @@ def run_attention(kernel: str, q, k, v, mask, dropout_p, is_causal, scale, enabl
 
 # Kernels that keep the (batch, heads, s, s) score matrix for backward.
 HOLDS_SCORES = {"math"}
+
+# Without dropout, CUDA's flash and memory-efficient kernels return their philox seed and
+# offset as 0-dim tensors made with `at::empty({}, at::dtype(at::kLong))`: host memory
+# (flash_api.cpp `mha_fwd`, attention.cpp `_efficient_attention_forward`). Their meta
+# kernels return them on meta, and autograd keeps them for backward; they are not counted.
+CUDA_HOST_OUTPUTS = {
+    torch.ops.aten._scaled_dot_product_flash_attention.default: (6, 7),
+    torch.ops.aten._scaled_dot_product_efficient_attention.default: (2, 3),
+}
 
 
 class Autocast(TorchFunctionMode):

@@ -262,6 +262,9 @@ def traced_estimate(request: EstimateRequest, runner: TraceRunner) -> dict[str, 
         else request.model.config
     )
     assert config is not None
+    # Keys that name or date a checkpoint do not change the model: drop them so the cache
+    # serves the same architecture whatever it is called.
+    config = {k: v for k, v in config.items() if k not in ("_name_or_path", "transformers_version")}
     payload = request_payload(config, training.model_dump(), combo.variant, combo.combine_with)
     try:
         answer = runner.run(payload)

@@ -17,6 +17,7 @@ dispatch, foreach AdamW) or "cpu" (to check the trace against a real step on thi
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,13 @@ from advisor.profile import TrainingSettings
 from advisor.variants import Combination
 from worker import modeling
 from worker.memtrace import build
-from worker.memtrace.emulation import HOLDS_SCORES, Autocast, gemm_4bit_substitute, meta_patches
+from worker.memtrace.emulation import (
+    CUDA_HOST_OUTPUTS,
+    HOLDS_SCORES,
+    Autocast,
+    gemm_4bit_substitute,
+    meta_patches,
+)
 from worker.memtrace.tracker import StorageTracker
 from worker.plan import TrainingPlan
 
@@ -59,6 +66,8 @@ class TraceResult:
     ops: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # On device="cuda": torch.cuda.max_memory_allocated / max_memory_reserved over the steps.
+    measured: dict[str, int] | None = None
 
     @property
     def holds_scores(self) -> bool:
@@ -135,16 +144,17 @@ def _batch(plan: TrainingPlan, vocab_size: int, device: str) -> dict[str, torch.
     for row in range(1, rows):  # every row but the first is shorter: padding, as collated
         mask[row, width // 2 :] = 0
         labels[row, width // 2 :] = IGNORE_INDEX
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {key: value.to(device) for key, value in batch.items()}
 
 
-def _optimizer(model, plan: TrainingPlan, target: str, notes: list[str]):
+def _optimizer(model, plan: TrainingPlan, device: str, target: str, notes: list[str]):
     """The optimizer the worker's Trainer would step: LoRA+ from `modeling.build_optimizer`,
     otherwise what `Trainer.create_optimizer` builds for `TRAINER_OPTIM[plan.optimizer]`."""
     from transformers import Trainer
 
     traced = plan
-    if plan.optimizer == "paged_adamw_8bit":
+    if plan.optimizer == "paged_adamw_8bit" and device == "meta":
         # Paged state lives in CUDA unified memory (cudaMallocManaged), which meta tensors
         # cannot stand in for; it has the size of adamw_8bit's, and is counted as such.
         traced = plan.model_copy(update={"optimizer": "adamw_8bit"})
@@ -163,7 +173,7 @@ def _optimizer(model, plan: TrainingPlan, target: str, notes: list[str]):
             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
         ]
         optimizer = cls(groups, **kwargs)
-    if target == "cuda" and isinstance(optimizer, torch.optim.Optimizer):
+    if device == "meta" and target == "cuda" and isinstance(optimizer, torch.optim.Optimizer):
         # torch.optim picks foreach kernels when every parameter is a CUDA tensor
         # (_default_to_fused_or_foreach); on meta it would pick the per-tensor loop.
         for group in optimizer.param_groups:
@@ -193,26 +203,38 @@ def trace_memory(
 ) -> TraceResult:
     """Run `steps` optimizer steps of the worker's training for this architecture and
     settings under the storage tracker, and return the peak."""
-    if device not in ("meta", "cpu") or target not in ("cuda", "cpu"):
-        raise ValueError("device must be 'meta' or 'cpu', target 'cuda' or 'cpu'")
-    if device == "cpu" and target != "cpu":
-        raise ValueError("a real step on the CPU runs CPU kernels: use target='cpu'")
+    if device not in ("meta", "cpu", "cuda") or target not in ("cuda", "cpu"):
+        raise ValueError("device must be 'meta', 'cpu' or 'cuda', target 'cuda' or 'cpu'")
+    if device != "meta" and target != device:
+        raise ValueError(f"a real step on {device} runs {device} kernels: use target={device!r}")
+    with warnings.catch_warnings():
+        # transformers' deprecation notices (gradient_checkpointing -> activation_...) for
+        # arguments the worker passes; they say nothing about the trace.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        return _trace(config, training, combo, lora_dropout, device, target, steps)
+
+
+def _trace(config, training, combo, lora_dropout, device, target, steps) -> TraceResult:
     started = time.perf_counter()
     notes: list[str] = []
     plan = make_plan(training, combo, lora_dropout)
-    if device == "cpu":
+    if device != "meta":
         torch.manual_seed(0)
     model = build.build_model(config, plan, device)
     base = model.get_base_model()
     vocab = base.config.get_text_config().vocab_size
     trainable, total = model.get_nb_trainable_parameters()
-    optimizer = _optimizer(model, plan, target, notes)
+    optimizer = _optimizer(model, plan, device, target, notes)
     args = build.training_arguments(plan)
 
     substitutions = {}
     if device == "meta" and plan.quantize_4bit:
         substitutions[torch.ops.bitsandbytes.gemm_4bit.default] = gemm_4bit_substitute(target)
-    tracker = StorageTracker(substitutions, count_device=device)
+    tracker = StorageTracker(
+        substitutions,
+        count_device=device,
+        host_outputs=CUDA_HOST_OUTPUTS if (device == "meta" and target == "cuda") else None,
+    )
     tracker.register([p for p in model.parameters() if not p.requires_grad], "weights")
     tracker.register(model.buffers(), "weights")
     tracker.register(_quant_state_tensors(model), "weights")
@@ -228,6 +250,13 @@ def trace_memory(
     padded = plan.micro_batch_size > 1
     micro_batches = min(plan.gradient_accumulation_steps, 2)
     scale = None
+    autocast_device = "cuda" if device == "cuda" else "cpu"
+    if device == "cuda":
+        # What the worker's MemoryMonitor reads, from here on (the build's transients, such
+        # as bf16 weights before quantization, are not part of a training step).
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     try:
         with _meta_context(device, padded, target, emulation), tracker:
             if plan.precision == "fp16":
@@ -239,7 +268,7 @@ def trace_memory(
                     batch = _batch(plan, vocab, device)
                     tracker.phase = "forward"
                     with torch.autocast(
-                        "cpu",
+                        autocast_device,
                         dtype=autocast_dtype or torch.bfloat16,
                         enabled=autocast_dtype is not None,
                     ):
@@ -268,6 +297,13 @@ def trace_memory(
         for hook in hooks:
             hook.remove()
 
+    measured = None
+    if device == "cuda":
+        torch.cuda.synchronize()
+        measured = {
+            "max_memory_allocated": torch.cuda.max_memory_allocated(),
+            "max_memory_reserved": torch.cuda.max_memory_reserved(),
+        }
     report = tracker.report(cuda=target == "cuda")
     if device == "meta" and emulation.kernels:
         kernels = ", ".join(f"{k} x{n}" for k, n in sorted(emulation.kernels.items()))
@@ -284,6 +320,7 @@ def trace_memory(
         ops=tracker.ops,
         seconds=time.perf_counter() - started,
         notes=notes,
+        measured=measured,
     )
 
 

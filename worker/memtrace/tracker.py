@@ -82,11 +82,20 @@ class StorageTracker(TorchDispatchMode):
     kernel the way another device runs it).
     """
 
-    def __init__(self, substitutions: dict | None = None, count_device: str = "meta") -> None:
+    def __init__(
+        self,
+        substitutions: dict | None = None,
+        count_device: str = "meta",
+        host_outputs: dict | None = None,
+    ) -> None:
         super().__init__()
+        # Outputs (by position) that the modelled device's kernel creates in host memory
+        # while the meta kernel creates them on meta: never counted.
+        self.host_outputs = host_outputs or {}
         # Only storages on this device are memory of the modelled card: a meta trace also
         # creates CPU tensors where a CUDA run does (AdamW's step counters), which are not.
         self.count_device = count_device
+        self._meta = count_device == "meta"
         self.phase = "setup"
         self.events = 0
         self.ops = 0
@@ -105,7 +114,10 @@ class StorageTracker(TorchDispatchMode):
     # -- seeing storages ------------------------------------------------------------------
 
     def _see(self, t: torch.Tensor, kind: str | None = None) -> _Record | None:
-        if t.device.type != self.count_device:
+        if self._meta:
+            if not t.is_meta:
+                return None
+        elif t.device.type != self.count_device:
             return None
         storage = t.untyped_storage()
         key = storage._cdata
@@ -170,6 +182,12 @@ class StorageTracker(TorchDispatchMode):
             out = self._meta_cache.run(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
+        host = self.host_outputs.get(func)
+        if host is not None and isinstance(out, tuple):
+            for i, t in enumerate(out):
+                if i not in host and isinstance(t, torch.Tensor):
+                    self._see(t)
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._see(t)
@@ -223,18 +241,21 @@ class MetaOpCache:
     def __init__(self) -> None:
         self._entries: dict = {}
         self._uncacheable: set = set()
+        self._in_place: dict = {}
         self.hits = 0
 
     @staticmethod
     def _key(value):
         if isinstance(value, torch.Tensor):
-            if value.device.type != "meta":
+            if not value.is_meta:
                 raise TypeError("not a meta tensor")
-            return (value.dtype, tuple(value.shape), value.stride(), value.storage_offset())
+            return (value.dtype, value.shape, value.stride(), value.storage_offset())
         if isinstance(value, (list, tuple)):
-            return (type(value), tuple(MetaOpCache._key(v) for v in value))
+            key = MetaOpCache._key
+            return (type(value), *[key(v) for v in value])
         if isinstance(value, dict):
-            return tuple(sorted((k, MetaOpCache._key(v)) for k, v in value.items()))
+            key = MetaOpCache._key
+            return tuple([(k, key(v)) for k, v in value.items()])
         if value is None or isinstance(value, _PLAIN):
             return (type(value), value)
         raise TypeError(f"no cache key for {type(value).__name__}")
@@ -251,6 +272,15 @@ class MetaOpCache:
         return torch.Tag.dynamic_output_shape not in func.tags
 
     def run(self, func, args, kwargs):
+        alias = self._in_place.get(func)
+        if alias is None:
+            alias = self._in_place[func] = _in_place_kind(func)
+        if alias != "no" and args and _all_meta(args[0]):
+            # An in-place op on meta tensors changes no metadata (shape, stride and dtype
+            # of `self` stay; view-changing in-place ops are excluded): its result is
+            # `self`, or nothing. Its meta kernel would only check shapes.
+            self.hits += 1
+            return args[0] if alias == "self" else None
         if func in self._uncacheable:
             return func(*args, **kwargs)
         try:
@@ -262,13 +292,53 @@ class MetaOpCache:
             self.hits += 1
             return _rebuild(spec)
         out = func(*args, **kwargs)
-        if not self._cacheable(func):
+        if not self._cacheable(func) or _shares_input_storage(out, args, kwargs):
+            # Some ops alias an input without saying so in their schema (_unsafe_view).
             self._uncacheable.add(func)
             return out
         spec = _describe(out)
         if spec is not None:
             self._entries[key] = spec
         return out
+
+
+def _in_place_kind(func) -> str:
+    """ "self" for an in-place op that returns its first argument, "void" for one that
+    returns nothing (the foreach ops), "no" for anything else (out= variants, ops that
+    mutate several arguments or change a view's metadata)."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or torch.Tag.inplace_view in func.tags:
+        return "no"
+    aliased = [a for a in schema.arguments if a.alias_info is not None]
+    if len(aliased) != 1 or aliased[0].name != "self" or not aliased[0].alias_info.is_write:
+        return "no"
+    if schema.arguments[0].name != "self" or aliased[0].kwarg_only:
+        return "no"
+    if not schema.returns:
+        return "void"
+    if len(schema.returns) == 1 and schema.returns[0].alias_info is not None:
+        return "self"
+    return "no"
+
+
+def _shares_input_storage(out, args, kwargs) -> bool:
+    inputs = {
+        t.untyped_storage()._cdata
+        for t in tree_flatten((args, kwargs))[0]
+        if isinstance(t, torch.Tensor) and t.is_meta
+    }
+    return any(
+        isinstance(t, torch.Tensor) and t.untyped_storage()._cdata in inputs
+        for t in tree_flatten(out)[0]
+    )
+
+
+def _all_meta(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_meta
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, torch.Tensor) and v.is_meta for v in value)
+    return False
 
 
 def _describe(out):

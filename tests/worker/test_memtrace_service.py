@@ -1,0 +1,178 @@
+"""`POST /v1/estimates` with method "trace", `loracle estimate --trace`, and the runner behind
+them: a subprocess with a time limit, a memory and disk cache, 422s that name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from api.advice import service
+from loracle.cli import app as cli
+from loracle.settings import get_settings
+from tests.utils.api import client_for, settings_for
+from worker.memtrace.runner import (
+    TraceFailed,
+    TraceRunner,
+    cache_key,
+    library_versions,
+    request_payload,
+)
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1000,
+}
+BODY = {
+    "model": {"config": TINY},
+    "training": {"seq_len": 128, "lora_rank": 8},
+    "variant": "qlora",
+    "hardware": {"gpu": "t4"},
+    "method": "trace",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("trace-data")
+
+
+@pytest.fixture(scope="module")
+def client(data_dir):
+    return client_for(settings_for(data_dir))
+
+
+@pytest.fixture(scope="module")
+def traced(client):
+    """One real trace through the API (a `python -m worker trace` subprocess)."""
+    r = client.post("/v1/estimates", json=BODY)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_trace_answers_the_estimate_shape(client, traced):
+    analytic = client.post("/v1/estimates", json={**BODY, "method": "analytic"}).json()
+    assert set(traced) == set(analytic)
+    assert traced["method"] == "trace" and analytic["method"] == "analytic"
+    assert traced["variant"] == "qlora" and traced["precision"] == "fp16"  # a T4 has no bf16
+    assert traced["fits"] is True
+    assert traced["headroom_gib"] == pytest.approx(15.0 - traced["total_gib"], abs=0.002)
+    assert sum(traced["breakdown"].values()) == pytest.approx(traced["total_gib"], abs=0.01)
+    assert traced["trainable_params"] == analytic["trainable_params"]
+    assert any("meta device" in note for note in traced["notes"])
+
+
+def test_a_repeated_trace_is_answered_from_the_caches(client, data_dir, traced):
+    runner = service.get_trace_runner(get_settings_for(data_dir))
+    runs = runner.runs
+    again = client.post("/v1/estimates", json=BODY)
+    assert again.status_code == 200 and again.json() == traced
+    assert runner.runs == runs  # memory LRU
+    files = list((data_dir / "trace-cache").glob("*.json"))
+    assert len(files) == 1
+    fresh = TraceRunner(cache_dir=data_dir / "trace-cache")  # an empty memory cache
+    payload = json.loads(files[0].read_text())
+    assert "estimate" in payload
+    assert fresh.run(_payload_of(BODY, precision="fp16")) == payload
+    assert fresh.runs == 0  # from disk
+
+
+def test_cache_key_changes_with_request_and_library_versions():
+    payload = request_payload(TINY, {"seq_len": 128}, "lora")
+    versions = library_versions()
+    key = cache_key(payload, versions)
+    assert key == cache_key(request_payload(TINY, {"seq_len": 128}, "lora"), versions)
+    assert key != cache_key(request_payload(TINY, {"seq_len": 256}, "lora"), versions)
+    assert key != cache_key(request_payload(TINY, {"seq_len": 128}, "dora"), versions)
+    assert key != cache_key(payload, {**versions, "peft": "0.0.1"})
+
+
+def test_a_refused_trace_is_a_422_naming_the_field_and_is_remembered(data_dir):
+    """The worker's refusal (`python -m worker trace` exits 2 naming the field; see
+    tests/worker/test_memtrace.py) is cached like an answer and served as a 422."""
+    runner = TraceRunner(cache_dir=data_dir / "refusals")
+    body = {**BODY, "model": {"config": {**TINY, "model_type": "gemma2"}}}
+    detail = "transformers cannot build 'gemma2' the way the worker loads it; use method 'analytic'"
+    runner._store(
+        cache_key(_payload_of(body, precision="fp16"), runner.versions),
+        {"refused": {"field": "model.config.model_type", "detail": detail}},
+    )
+    app_client = client_for(settings_for(data_dir / "refused"))
+    app_client.app.dependency_overrides[service.get_trace_runner] = lambda: runner
+    r = app_client.post("/v1/estimates", json=body)
+    assert r.status_code == 422, r.text
+    problem = r.json()["problems"][0]
+    assert problem["field"] == "model.config.model_type"
+    assert "analytic" in problem["message"]
+    assert runner.runs == 0
+
+
+def test_several_cards_are_a_422_before_any_trace(client):
+    body = {**BODY, "hardware": {"gpu": "t4", "gpu_count": 2}}
+    r = client.post("/v1/estimates", json=body)
+    assert r.status_code == 422
+    assert r.json()["problems"][0]["field"] == "hardware.gpu_count"
+
+
+def test_a_trace_past_its_time_limit_is_a_422_not_a_500(data_dir):
+    app_client = client_for(settings_for(data_dir / "slow"))
+    slow = TraceRunner(cache_dir=None, timeout_s=0.5)
+    app_client.app.dependency_overrides[service.get_trace_runner] = lambda: slow
+    body = {**BODY, "training": {"seq_len": 256, "lora_rank": 8}}
+    r = app_client.post("/v1/estimates", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["problems"][0]["field"] == "method"
+    assert "did not finish within 0.5 s" in r.json()["detail"]
+    with pytest.raises(TraceFailed):
+        slow.run(_payload_of(body))
+
+
+def test_cli_estimate_trace_prints_the_api_answer(monkeypatch, data_dir, traced, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    monkeypatch.setenv("LORACLE_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()
+    try:
+        r = CliRunner().invoke(
+            cli,
+            [
+                "estimate",
+                "--model",
+                str(config),
+                "--variant",
+                "qlora",
+                "--seq-len",
+                "128",
+                "--rank",
+                "8",
+                "--gpu",
+                "t4",
+                "--trace",
+                "--json",
+            ],
+        )
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.output)
+    assert answer["method"] == "trace"
+    # Same numbers as the API's answer (served from the disk cache the API wrote).
+    for key in ("peak_allocated_gib", "total_gib", "breakdown", "peak_phase", "fits"):
+        assert answer[key] == traced[key]
+
+
+def get_settings_for(data_dir):
+    return settings_for(data_dir)
+
+
+def _payload_of(body, precision="bf16"):
+    from advisor.profile import TrainingSettings
+
+    training = TrainingSettings(**{**body["training"], "precision": precision})
+    return request_payload(body["model"]["config"], training.model_dump(), body["variant"])
