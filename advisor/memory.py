@@ -3,9 +3,10 @@
 It models the stack loracle's worker runs, tensor by tensor: transformers'
 Llama-style modules with sdpa attention, peft adapters, bitsandbytes NF4 for
 QLoRA, the Trainer's autocast mixed precision, and torch optimizers. Every
-term says which behaviour of which library it follows. The tracer (issue of
-"exact memory") measures the same step on meta tensors; this closed form is
-what answers in microseconds.
+term says which behaviour of which library it follows. The tracer
+(``worker.memtrace``) measures the same step on meta tensors; this closed form is
+what answers in microseconds; it is calibrated against the tracer over a grid of
+256 configurations (docs/memory.md, tests/advisor/test_calibration_grid.py).
 
 Units: bytes internally; the public figures are GiB (2^30 bytes).
 
@@ -51,6 +52,13 @@ CUDA_CONTEXT_BYTES = int(0.5 * GIB)
 ALLOCATOR_SLACK = 0.06
 
 DEFAULT_LORA_DROPOUT = 0.05
+
+# peft computes DoRA's output in the adapters' dtype (fp32: it casts the layer input to
+# lora_A's dtype), so a DoRA layer's backward holds fp32 tensors as wide as its output:
+# the gradient of the fp32 sum and of its two products. Fitted to the tracer
+# (docs/memory.md): 2.5 fp32 copies of the widest adapted output, per token, keep every
+# DoRA configuration of the calibration grid within 3%, erring high.
+DORA_GRAD_COPIES = 2.5
 
 
 def default_lora_dropout(combo: Combination) -> float:
@@ -247,6 +255,11 @@ def estimate(
     # Transients while a block runs forward or backward: the MLP's pre-sum
     # outputs and input gradients (i-wide) and the hidden-state gradients.
     transient: float = tokens * (3 * d.compute * i + 2 * 4 * h)
+    if combo.dora:
+        # ... or a DoRA layer's fp32 output gradients (fused layers such as Phi-3's
+        # gate_up_proj make these the widest tensors of a block).
+        widest = max(lin.out_features for lin in targets)
+        transient = max(transient, tokens * (DORA_GRAD_COPIES * 4 * widest + 2 * 4 * h))
     if combo.quantize_base:
         # bitsandbytes dequantizes each 4-bit weight to the compute dtype for the
         # matmul, forward and backward (MatMul4Bit); one lives at a time.
@@ -260,28 +273,45 @@ def estimate(
     if arch.final_logit_softcapping:
         logits_bytes_per_token += 8 * V  # tanh soft-capping keeps two more fp32 copies
     logits: float = tokens * logits_bytes_per_token + tokens * (4 * h + 4)  # + final norm
-    mask: float = tokens * t.seq_len if padded else 0  # 4-D bool mask shared by all blocks
+    # A padded micro batch: transformers builds one (batch, 1, s, s) bool mask for all
+    # blocks, and each block's memory-efficient attention turns it into an additive mask in
+    # the compute dtype (attention.cpp `convert_boolean_attn_mask`) that it keeps for
+    # backward: 1 GiB over SmolLM2's 30 blocks at 4 x 2048 tokens, which this model missed.
+    mask: float = tokens * t.seq_len if padded else 0
+    per_layer_saved = tokens * per_layer + dora_weight_saved
+    if padded:
+        per_layer_saved += tokens * t.seq_len * d.compute
+    layer_input = tokens * d.residual * h  # what a checkpointed block keeps of its forward
 
+    # Moments the step can peak at, as (activations, gradients alive). Backward runs the
+    # loss first, then the blocks from last to first. Until it reaches the blocks only the
+    # gradients of earlier micro batches exist (the Trainer zeroes them to None after each
+    # optimizer step); at the first block it has made them all. Counting every gradient at
+    # the loss's backward (as this model once did) overestimated short-sequence steps by up
+    # to 4% against the tracer.
+    earlier_grads = gradients if t.gradient_accumulation_steps > 1 else 0.0
     if t.gradient_checkpointing:
         # transformers checkpoints each decoder layer (non-reentrant): only its
         # input survives the forward; backward recomputes one layer at a time.
-        kept: float = L * tokens * d.residual * h + mask
-        layer_peak = tokens * per_layer + dora_weight_saved + transient
-        activations = kept + max(logits, layer_peak)
-        phase: Phase = "backward"
+        kept: float = L * layer_input + mask
+        layer_peak = per_layer_saved + transient
     else:
-        kept = L * (tokens * per_layer + dora_weight_saved) + mask
-        activations = kept + max(logits, transient)
-        phase = "backward"
-
-    # Gradients accumulate through backward; with gradient accumulation they
-    # also live through the next micro batches' forward.
-    step_peak = weights + adapter + optimizer + gradients + activations
+        kept = L * per_layer_saved + mask
+        layer_peak = transient
+    moments = [
+        (kept + logits, earlier_grads, logits),  # the loss's backward (fp32 logits)
+        (kept + layer_peak, earlier_grads, 0.0),  # the last block, backward's first
+        (layer_input + per_layer_saved + transient + mask, gradients, 0.0),  # the first block
+    ]
+    activations, grads_at_peak, logits_at_peak = max(moments, key=lambda m: m[0] + m[1])
+    phase: Phase = "backward"
+    step_peak = weights + adapter + optimizer + activations + grads_at_peak
     # The optimizer step: torch's foreach AdamW holds about one parameter-sized temporary.
     opt_peak = weights + adapter + optimizer + gradients + trainable * 4.0
     if opt_peak > step_peak:
         phase = "optimizer"
-        activations = trainable * 4.0
+        activations, grads_at_peak, logits_at_peak = trainable * 4.0, gradients, 0.0
+    gradients = grads_at_peak
 
     if gpu_count > 1:
         # Layer-wise model parallelism: blocks (their weights, adapters, state and
@@ -293,11 +323,7 @@ def estimate(
             gradients * share,
             optimizer * share,
         )
-        activations = (
-            (activations - logits) * share + logits
-            if phase != "optimizer"
-            else (activations * share)
-        )
+        activations = (activations - logits_at_peak) * share + logits_at_peak
         assumptions.append(
             f"split over {gpu_count} cards layer by layer (device_map='auto'); figures per card"
         )
