@@ -12,6 +12,10 @@ Modules (torch is imported only by the first four, and only when used):
 - `trace`: the Trainer-like steps, `trace_memory` and `TraceResult`.
 - `runner`: torch-free; runs a trace in a subprocess with a time limit and caches results
   (what the API and the CLI call).
+- `grid`: the calibration grid of the analytic model (`python -m worker.memtrace.grid`).
+
+How it works, what it models after which library code, and how it agrees with real steps:
+docs/memory.md.
 """
 
 from __future__ import annotations

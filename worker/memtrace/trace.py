@@ -16,6 +16,7 @@ dispatch, foreach AdamW) or "cpu" (to check the trace against a real step on thi
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -359,8 +360,6 @@ def _quant_state_tensors(model) -> list[torch.Tensor]:
 
 
 def _meta_context(device: str, padded: bool, target: str, emulation: Autocast):
-    import contextlib
-
     if device != "meta":
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
