@@ -23,6 +23,14 @@ from typing import Any
 
 SCHEMA = 1
 EVIDENCE_FILE = "data/evidence.json"
+TITLES = {
+    "lora": "LoRA",
+    "qlora": "QLoRA",
+    "dora": "DoRA",
+    "loraplus": "LoRA+",
+    "qlora+loraplus": "QLoRA + LoRA+",
+    "qlora+dora": "QLoRA + DoRA",
+}
 PUBLISHED = {
     "qlora": "published: a 7B model in about 6 GB instead of about 16 GB, quality almost untouched",
     "dora": "published: a few percent better than LoRA with under 5% more parameters",
@@ -71,36 +79,55 @@ def _figures(data: dict[str, Any], key: str) -> str:
     """The measured figures of one variant or combination, as one clause."""
     f = data[key]
     if key == "loraplus":
-        return (
-            f"LoRA+ reached LoRA's final held-out loss {_pm(f['speedup_same_lr'], '{:.2f}', 'x')} "
-            f"sooner at the same learning rate and {_pm(f['speedup_best_lr'], '{:.2f}', 'x')} "
-            "at each one's best"
-        )
+        rates = f.get("best_learning_rates") or {}
+        best = f"{_pm(f['speedup_best_lr'], '{:.2f}', 'x')} sooner with each at its best rate"
+        if rates.get("lora") and rates.get("loraplus"):
+            best += f" (LoRA {rates['lora']:g}, LoRA+ {rates['loraplus']:g})"
+        same = f.get("speedup_same_lr")
+        if same:
+            same_text = f"{_pm(same, '{:.2f}', 'x')} sooner at the same learning rate"
+        else:
+            same_text = (
+                f"at LoRA's learning rate it never did ({f.get('reached_same_lr', 'no')} seeds "
+                "reached it): give LoRA+ a lower rate than LoRA's"
+            )
+        return f"LoRA+ reached LoRA's final held-out loss {best}; {same_text}"
     if key == "dora":
         return (
             f"DoRA's held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact "
             f"match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's, with "
-            f"{f['extra_parameters_pct']:+.1f}% parameters and steps "
-            f"{_pm(f['step_time_pct'], '{:+.0f}', '%')} longer"
+            f"{f['extra_parameters_pct']:+.1f}% parameters and steps taking "
+            f"{_pm(f['step_time_pct'], '{:+.0f}', '%')} more CPU time"
         )
     if key == "qlora":
         est = f["estimate_7b_gb"]
+        tool = (
+            "the worker's memory tracer"
+            if est.get("method") == "traced"
+            else "the advisor's memory model"
+        )
         return (
             f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_small']:.2f}x the bytes of "
             f"LoRA's fp32 ones; held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} "
             f"and exact match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against "
-            f"LoRA's; for a 7B model the memory model gives {est['qlora']:.1f} GB against "
+            f"LoRA's; for a 7B model {tool} gives {est['qlora']:.1f} GB against "
             f"{est['lora']:.1f} GB"
         )
     if key == "lora":
         return (
             f"LoRA reached {f['share_of_best_pct']:.0f}% of the exact match of the best "
-            f"variant ({f['best_variant']})"
+            f"variant ({TITLES.get(f['best_variant'], f['best_variant'])})"
         )
     if key == "qlora+loraplus":
+        best = f.get("speedup_vs_qlora_best_lr")
+        if best:
+            return (
+                "QLoRA + LoRA+ reached QLoRA's final held-out loss "
+                f"{_pm(best, '{:.2f}', 'x')} sooner with LoRA+'s and LoRA's best rates"
+            )
         return (
             "QLoRA + LoRA+ reached QLoRA's final held-out loss "
-            f"{_pm(f['speedup_vs_qlora'], '{:.2f}', 'x')} sooner"
+            f"{_pm(f['speedup_vs_qlora'], '{:.2f}', 'x')} sooner at the same learning rate"
         )
     if key == "qlora+dora":
         return (

@@ -14,7 +14,8 @@ held-out set evaluated along the way (`bench.evidence.runs`). Then, in order:
 1. grid: every variant at the base learning rate, on every seed (seeds interleaved, so a slow
    spell of a shared machine hits every variant alike);
 2. sweep: LoRA and LoRA+ at each learning rate of the sweep on the first seed; each one's best
-   (lowest final held-out loss) then runs on the other seeds;
+   (lowest final held-out loss) then runs on the other seeds, and QLoRA and QLoRA + LoRA+ run
+   at LoRA's and LoRA+'s best rates on every seed;
 3. memory: each variant's run again, a few steps, each in a fresh process (`probe`);
 4. figures per claim (`analysis`), verdicts, the advisor's evidence file, plots and
    BENCHMARKS.md (`report`).
@@ -316,58 +317,6 @@ def _trace_7b(seq_len: int) -> dict[str, Any]:
         return {"error": repr(exc)}
 
 
-def discussion(claims: dict[str, Any], verdicts: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    """Plain statements of what did not reproduce and the likely reasons at this scale."""
-    from bench.evidence.report import _mean
-
-    lines = []
-    params = base["parameters"]
-    if verdicts["loraplus"]["verdict"] != "reproduces":
-        same = _mean(claims["loraplus"]["same_lr"]["speedup"])
-        best = _mean(claims["loraplus"]["best_lr"]["speedup"])
-        lines.append(
-            f"LoRA+ ({verdicts['loraplus']['verdict']}): measured speedups "
-            f"{same if same is None else f'{same:.2f}x'} (same rate) and "
-            f"{best if best is None else f'{best:.2f}x'} (best rates) against the claimed "
-            "1.5-2x. Hayou et al. derive the B/A ratio for wide models (width to infinity) and "
-            f"measure on models of hundreds of millions of parameters and more; at hidden size "
-            f"{base['spec']['hidden_size']} ({params / 1e6:.1f}M parameters) the imbalance "
-            "LoRA+ corrects is small, and ratio 16 was not tuned for it. A budget of a few "
-            "hundred steps with a decaying schedule also leaves little room to be faster in."
-        )
-    if verdicts["dora"]["verdict"] != "reproduces":
-        lines.append(
-            f"DoRA ({verdicts['dora']['verdict']}): Liu et al. report gains of about 1-4 points "
-            "on commonsense reasoning for 7B-13B models, mostly at low ranks where LoRA lacks "
-            f"capacity. Here rank-16 adapters are "
-            f"{100 * claims['dora']['overhead']['baseline_trainable_parameters'] / params:.0f}% "
-            "of the model's size, so capacity is hardly the bottleneck, and the task's noise "
-            "between seeds is as large as the difference."
-        )
-    if verdicts["qlora"]["verdict"] != "reproduces":
-        lines.append(
-            f"QLoRA ({verdicts['qlora']['verdict']}): NF4 rounds each weight to one of 16 levels "
-            "per block of 64; Dettmers et al. show the loss of quality vanishes at 7B-65B, "
-            "where each weight matters little. A model of a few million parameters has fewer, "
-            "more important weights, and the quantization error of its small matrices weighs "
-            "more."
-        )
-    if verdicts["lora"]["verdict"] != "reproduces":
-        lines.append(
-            f"LoRA ({verdicts['lora']['verdict']}): on this task another variant did clearly "
-            "better than plain LoRA at the same settings."
-        )
-    lines.append(
-        "What this scale cannot show: memory. The seed's 6 GB against 16 GB is about a 7B "
-        "model on a GPU; on this model the NF4 saving is measured on the weights, but the "
-        "embeddings and head (not quantized) are a large share of them, and the process's "
-        "memory is dominated by the libraries and the activations. The 7B figure comes from "
-        "the advisor's memory model, which is checked against published measurements, not "
-        "from a run."
-    )
-    return lines
-
-
 def run(
     mode: Mode, out_dir: Path | None, publish: bool, keep: Path | None, jobs: int = 2
 ) -> dict[str, Any]:
@@ -417,6 +366,13 @@ def run(
                     best += [
                         (mode, model_dir, task, work, key, best_lr[key], seed, "best")
                         for seed in mode.seeds[1:]
+                    ]
+            # The combination with LoRA+ at the rates the sweep found, against QLoRA at LoRA's.
+            for key, rate in (("qlora", best_lr["lora"]), ("qlora+loraplus", best_lr["loraplus"])):
+                if abs(rate - mode.learning_rate) > 1e-12 and key in mode.variants:
+                    best += [
+                        (mode, model_dir, task, work, key, rate, seed, "best")
+                        for seed in mode.seeds
                     ]
             runs += _run_all(pool, best)
         # Each probe is a process of its own; `jobs` of them at a time (their memory is
@@ -510,7 +466,7 @@ def summarize(measured: dict[str, Any]) -> dict[str, Any]:
         "verdicts": verdicts,
         "per_variant": per_variant,
         "sweep_table": sweep_table,
-        "discussion": discussion(claims, verdicts, measured["base"]),
+        "discussion": report.discussion(claims, verdicts, measured["base"], measured["memory"]),
     }
     results = {**measured, **derived}
     results["advisor_evidence"] = report.advisor_evidence(results)

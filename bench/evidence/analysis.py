@@ -214,6 +214,14 @@ def claims(
         "qlora+loraplus": {
             "seed_says": "the ideas combine",
             "speed_vs_qlora": speedup(at["qlora"], at["qlora+loraplus"]),
+            "speed_vs_qlora_best_lr": {
+                "qlora_learning_rate": best_lr.get("lora"),
+                "learning_rate": best_lr.get("loraplus"),
+                **speedup(
+                    select(runs, "qlora", best_lr.get("lora", base_lr)),
+                    select(runs, "qlora+loraplus", best_lr.get("loraplus", base_lr)),
+                ),
+            },
             "quality_vs_qlora": quality(at["qlora"], at["qlora+loraplus"]),
             "quality_vs_lora": quality(at["lora"], at["qlora+loraplus"]),
             "memory_small": mem("qlora+loraplus"),

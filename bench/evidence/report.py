@@ -44,28 +44,31 @@ def verdicts(claims: dict[str, Any]) -> dict[str, dict[str, str]]:
 
     plus = claims["loraplus"]
     same, best = _mean(plus["same_lr"]["speedup"]), _mean(plus["best_lr"]["speedup"])
-    fastest = max((x for x in (same, best) if x is not None), default=None)
+    held = [x is not None and x >= 1.4 for x in (same, best)]
+    some = [x is not None and x >= 1.1 for x in (same, best)]
     out["loraplus"] = {
-        "verdict": "reproduces"
-        if fastest is not None and fastest >= 1.4
-        else "partly"
-        if fastest is not None and fastest >= 1.1
-        else "does not reproduce",
-        "rule": "reproduces when the mean speedup (same or best learning rate) is at least "
-        "1.4x, partly from 1.1x",
+        "verdict": "reproduces" if all(held) else "partly" if any(some) else "does not reproduce",
+        "rule": "reproduces when LoRA+ reaches LoRA's final held-out loss at least 1.4x sooner "
+        "both at the same learning rate and with each at its best; partly when it is at least "
+        "1.1x sooner in one of the two",
     }
 
     dora = claims["dora"]
-    loss_pct = _mean(dora["quality"]["eval_loss_diff_pct"])
+    loss = dora["quality"]["eval_loss_diff_pct"]
     em_pts = _mean(dora["quality"]["exact_match_diff_pts"])
     params_pct = dora["overhead"].get("extra_parameters_pct_of_adapter")
-    better = loss_pct is not None and loss_pct <= -1.0 and (em_pts or 0.0) >= 0.0
+    lower = loss.get("mean") is not None and loss["mean"] < 0
+    clearly = lower and loss["mean"] <= -1.0 and loss["max"] < 0 and (em_pts or 0.0) >= 0.0
+    small = params_pct is not None and params_pct < 5
     out["dora"] = {
-        "verdict": ("reproduces" if better else "does not reproduce")
-        if params_pct is not None and params_pct < 5
-        else ("partly" if better else "does not reproduce"),
-        "rule": "reproduces when the held-out loss is at least 1% lower than LoRA's with exact "
-        "match no worse, and the extra parameters stay under 5% of LoRA's adapter",
+        "verdict": "reproduces"
+        if clearly and small
+        else "partly"
+        if lower or (em_pts or 0.0) > 0 or small
+        else "does not reproduce",
+        "rule": "reproduces when the held-out loss is at least 1% lower than LoRA's on average "
+        "and lower on every seed, exact match no worse, and the extra parameters under 5% of "
+        "LoRA's adapter; partly when only some of that holds",
     }
 
     qlora = claims["qlora"]
@@ -134,6 +137,12 @@ def advisor_evidence(results: dict[str, Any]) -> dict[str, Any]:
         "loraplus": {
             "speedup_same_lr": _ms(c["loraplus"]["same_lr"]["speedup"]),
             "speedup_best_lr": _ms(c["loraplus"]["best_lr"]["speedup"]),
+            "reached_same_lr": f"{c['loraplus']['same_lr'].get('reached', 0)} of "
+            f"{len(c['loraplus']['same_lr'].get('per_seed', []))}",
+            "best_learning_rates": {
+                "lora": results["best_learning_rate"].get("lora"),
+                "loraplus": results["best_learning_rate"].get("loraplus"),
+            },
             "verdict": verdict["loraplus"],
         },
         "dora": {
@@ -159,6 +168,9 @@ def advisor_evidence(results: dict[str, Any]) -> dict[str, Any]:
         },
         "qlora+loraplus": {
             "speedup_vs_qlora": _ms(c["qlora+loraplus"]["speed_vs_qlora"]["speedup"]),
+            "speedup_vs_qlora_best_lr": _ms(
+                c["qlora+loraplus"]["speed_vs_qlora_best_lr"]["speedup"]
+            ),
         },
         "qlora+dora": {
             "eval_loss_diff_pct_vs_qlora": _ms(
@@ -312,10 +324,13 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _speed(block: dict[str, Any]) -> str:
     s = block.get("speedup") or {}
-    text = _pm(s, "{:.2f}", "x")
     n = len(block.get("per_seed", []))
-    if block.get("reached", n) < n:
-        text += f"; {n - block['reached']} of {n} seeds never reached the target"
+    reached = block.get("reached", n)
+    if n and reached == 0:
+        return f"never reached (0 of {n} seeds)"
+    text = _pm(s, "{:.2f}", "x")
+    if reached < n:
+        text += f"; {n - reached} of {n} seeds never reached it"
     return text
 
 
@@ -477,9 +492,19 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"{_pm(qp['baseline_steps'], '{:.0f}')} (QLoRA) | "
         f"{_pm(qp['steps'], '{:.0f}')} | {_speed(qp)} |"
     )
+    qb = c["qlora+loraplus"]["speed_vs_qlora_best_lr"]
+    if qb.get("per_seed"):
+        add(
+            "| QLoRA + LoRA+ vs QLoRA, each at its best | "
+            f"{_num(qb['qlora_learning_rate'], '{:g}')} / {_num(qb['learning_rate'], '{:g}')} | "
+            f"{_num(qb['target_eval_loss'], '{:.3f}')} | "
+            f"{_pm(qb['baseline_steps'], '{:.0f}')} (QLoRA) | {_pm(qb['steps'], '{:.0f}')} | "
+            f"{_speed(qb)} |"
+        )
     add("")
     add(
-        "Final held-out figures, LoRA vs LoRA+ at their best rates: loss "
+        "Best rates are LoRA's and LoRA+'s from the sweep, used for QLoRA and QLoRA + LoRA+ "
+        "alike. Final held-out figures, LoRA vs LoRA+ at their best rates: loss "
         f"{_pm(plus['quality_best_lr']['baseline']['eval_loss'], '{:.3f}')} vs "
         f"{_pm(plus['quality_best_lr']['variant']['eval_loss'], '{:.3f}')}, exact match "
         f"{_pm(plus['quality_best_lr']['baseline']['exact_match'], '{:.3f}')} vs "
@@ -586,9 +611,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     add("")
     add(
         "| variant | frozen weights (MiB) | of which adapted linear layers (MiB) | adapter (MiB) "
-        "| peak RSS growth of the run (MiB) |"
+        "| peak RSS growth of the run (MiB) | base's held-out loss as stored |"
     )
-    add("|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|")
     for key, label in VARIANT_LABELS.items():
         mem = results["memory"].get(key)
         if not mem:
@@ -597,7 +622,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         rss = mem["peak_memory"].get("rss_growth_bytes")
         add(
             f"| {label} | {mb['weights'] / MIB:.2f} | {mb['adapted_linears'] / MIB:.2f} | "
-            f"{mb['trainable'] / MIB:.2f} | {_num(rss and rss / MIB, '{:.0f}')} |"
+            f"{mb['trainable'] / MIB:.2f} | {_num(rss and rss / MIB, '{:.0f}')} | "
+            f"{_num(mem.get('base_lm_loss'), '{:.3f}')} |"
         )
     add("")
     add(
@@ -637,7 +663,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     add("")
     add(f"![memory per variant]({plots['memory']})")
     add("")
-    add("## Where a claim does not reproduce here, and why that may be")
+    add("## What reproduces, what does not, and why that may be")
     add("")
     for line in results["discussion"]:
         add(f"- {line}")
@@ -648,3 +674,97 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def discussion(
+    claims: dict[str, Any],
+    verdicts: dict[str, Any],
+    base: dict[str, Any],
+    memory: dict[str, Any],
+) -> list[str]:
+    """One plain paragraph per claim: the figure, the verdict, and what this scale can and
+    cannot say about it."""
+    params = base["parameters"]
+    plus, dora, qlora, lora = claims["loraplus"], claims["dora"], claims["qlora"], claims["lora"]
+    same_block, best_block = plus["same_lr"], plus["best_lr"]
+    q_same = plus["quality_same_lr"]
+    if same_block.get("reached", 0) == 0 and same_block.get("per_seed"):
+        at_same = (
+            f"At the same base learning rate ({same_block['learning_rate']:g}, where LoRA does "
+            f"well) LoRA+ never reached LoRA's final loss: B's rate, 16x that, overshoots, and "
+            f"LoRA+ ends at {_pm(q_same['variant']['eval_loss'], '{:.3f}')} against LoRA's "
+            f"{_pm(q_same['baseline']['eval_loss'], '{:.3f}')}."
+        )
+    else:
+        at_same = (
+            f"At the same base learning rate ({same_block['learning_rate']:g}) LoRA+ reached "
+            f"LoRA's final loss {_speed(same_block)} sooner."
+        )
+    q_best = plus["quality_best_lr"]
+    lines = [
+        f"LoRA+ ({verdicts['loraplus']['verdict']}): {at_same} With each at its best rate from "
+        f"the sweep (LoRA {_num(best_block['lora_learning_rate'], '{:g}')}, LoRA+ "
+        f"{_num(best_block['loraplus_learning_rate'], '{:g}')}) LoRA+ reached LoRA's final "
+        f"loss {_speed(best_block)} sooner, against the claimed 1.5-2x, and ended lower "
+        f"({_pm(q_best['variant']['eval_loss'], '{:.3f}')} against "
+        f"{_pm(q_best['baseline']['eval_loss'], '{:.3f}')}; exact match "
+        f"{_pm(q_best['exact_match_diff_pts'], '{:+.1f}', ' pts')}). So the speed-up holds "
+        "when LoRA+ gets its own, lower learning rate; reused at LoRA's rate it hurts. Hayou "
+        "et al. tune the rate for each method too, on models of hundreds of millions of "
+        f"parameters and more; at hidden size {base['spec']['hidden_size']} "
+        f"({params / 1e6:.1f}M parameters) ratio 16 was not tuned for this width, and a "
+        "cosine schedule over a short budget slows every variant's last steps, which shortens "
+        "any lead.",
+    ]
+    dq, do = dora["quality"], dora["overhead"]
+    lines.append(
+        f"DoRA ({verdicts['dora']['verdict']}): held-out loss "
+        f"{_pm(dq['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact match "
+        f"{_pm(dq['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA, for "
+        f"{do['extra_parameters_pct_of_adapter']:+.1f}% parameters (the magnitude vectors: one "
+        "value per output feature, about 1/(2 x rank) of a square layer's adapter) and "
+        f"{_pm(do['step_time_pct'], '{:+.0f}', '%')} CPU time per step. Liu et al. report 1-4 "
+        "points on commonsense reasoning for 7B-13B models, largest at low ranks where LoRA "
+        f"lacks capacity; here rank-16 adapters are "
+        f"{100 * do['baseline_trainable_parameters'] / params:.0f}% of the model's size, so "
+        "capacity is hardly the bottleneck, and the spread between seeds is of the size of "
+        "the difference."
+    )
+    base_loss = {k: (memory.get(k) or {}).get("base_lm_loss") for k in ("lora", "qlora")}
+    nf4 = (
+        f" NF4 itself costs the pretrained model little: its held-out loss on the standard "
+        f"library is {base_loss['qlora']:.3f} nats/token in NF4 against "
+        f"{base_loss['lora']:.3f} in fp32."
+        if None not in base_loss.values()
+        else ""
+    )
+    est = headline_7b(qlora["memory_7b"])
+    adapted = {
+        k: (memory.get(k) or {}).get("model_bytes", {}).get("adapted_linears")
+        for k in ("lora", "qlora")
+    }
+    shrink = adapted["lora"] / adapted["qlora"] if adapted["lora"] and adapted["qlora"] else None
+    lines.append(
+        f"QLoRA ({verdicts['qlora']['verdict']}): for a 7B model the {est['source']} figure is "
+        f"{_num(est.get('qlora_total_gb'), '{:.1f}')} GB against "
+        f"{_num(est.get('lora_total_gb'), '{:.1f}')} GB, the seed's 6 against 16. Quality: "
+        f"held-out loss {_pm(qlora['quality']['eval_loss_diff_pct'], '{:+.1f}', '%')}, exact "
+        f"match {_pm(qlora['quality']['exact_match_diff_pts'], '{:+.1f}', ' pts')} against "
+        f"LoRA.{nf4} On this model the memory claim cannot be measured as the seed states "
+        f"it: NF4 shrinks the adapted linear layers {_num(shrink, '{:.1f}x')} against fp32 "
+        f"({_num(shrink and shrink / 2, '{:.1f}x')} against the 16-bit weights of a GPU run), "
+        "but the embeddings and head it leaves alone are a large "
+        "share of a small model's weights, and a process's memory is dominated by the "
+        "libraries, the activations and the logits. The 7B figure is therefore the advisor's "
+        "memory model (checked against published measurements) and, where it ran, the "
+        "worker's tracer, not a run on a GPU."
+    )
+    share = lora.get("share_of_best_pct")
+    lines.append(
+        f"LoRA ({verdicts['lora']['verdict']}): plain LoRA reached "
+        f"{_num(share, '{:.0f}%')} of the exact match of the best variant at the same settings "
+        f"({VARIANT_LABELS.get(lora['best_variant'], lora['best_variant'])}); before "
+        "fine-tuning the base got none right. 'Works well for most jobs' is a claim about many "
+        "tasks; one task can only fail to contradict it."
+    )
+    return lines

@@ -30,13 +30,16 @@ SAMPLE = {
     "qlora": {
         "adapted_linears_ratio_small": 0.129,
         "weights_ratio_small": 0.41,
-        "estimate_7b_gb": {"lora": 16.9, "qlora": 6.8},
+        "estimate_7b_gb": {"lora": 16.9, "qlora": 6.8, "method": "traced"},
         "eval_loss_diff_pct": {"mean": 0.5, "std": 0.3},
         "exact_match_diff_pts": {"mean": -1.0, "std": 1.0},
         "step_time_pct": {"mean": 60.0, "std": 10.0},
         "verdict": "reproduces",
     },
-    "qlora+loraplus": {"speedup_vs_qlora": {"mean": 1.7, "std": 0.3}},
+    "qlora+loraplus": {
+        "speedup_vs_qlora": {"mean": 1.7, "std": 0.3},
+        "speedup_vs_qlora_best_lr": None,
+    },
     "qlora+dora": {
         "eval_loss_diff_pct_vs_qlora": {"mean": -0.2, "std": 0.5},
         "exact_match_diff_pts_vs_qlora": {"mean": 0.5, "std": 1.5},
@@ -117,3 +120,20 @@ def test_a_missing_figure_drops_only_its_sentence(evidence_file):
     evidence_file(partial)
     measured = [n for n in advise("none")["notes"] if n.startswith("loracle measured")]
     assert len(measured) == 3 and not any("DoRA's" in n for n in measured)
+
+
+def test_loraplus_that_never_caught_up_at_loras_rate_says_so(evidence_file):
+    data = json.loads(json.dumps(SAMPLE))
+    data["loraplus"].update(
+        speedup_same_lr=None,
+        reached_same_lr="0 of 3",
+        best_learning_rates={"lora": 0.004, "loraplus": 0.0005},
+    )
+    data["qlora+loraplus"]["speedup_vs_qlora_best_lr"] = {"mean": 1.4, "std": 0.2}
+    evidence_file(data)
+    answer = advise("speed", memory=12.0)
+    text = " ".join(answer["notes"])
+    assert "1.30x ± 0.10x sooner with each at its best rate (LoRA 0.004, LoRA+ 0.0005)" in text
+    assert "never did (0 of 3 seeds reached it): give LoRA+ a lower rate than LoRA's" in text
+    assert "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.40x ± 0.20x sooner" in text
+    assert "the worker's memory tracer gives 6.8 GB against 16.9 GB" in text

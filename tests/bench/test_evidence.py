@@ -89,6 +89,7 @@ def test_results_file_shape(smoke):
     for figures in results["memory"].values():
         assert figures["peak_memory"]["device"] == "cpu"
         assert figures["model_bytes"]["weights"] > 0
+        assert figures["base_lm_loss"] > 0
     assert (
         results["memory"]["qlora"]["model_bytes"]["adapted_linears"]
         < results["memory"]["lora"]["model_bytes"]["adapted_linears"]
