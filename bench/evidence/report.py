@@ -218,15 +218,22 @@ def plot_eval_loss(results: dict[str, Any], path: Path) -> None:
         axes.fill_between(
             curve["steps"], curve["min"], curve["max"], alpha=0.15, color=line.get_color()
         )
-    for key in ("lora", "loraplus"):
-        best = results["best_learning_rate"].get(key)
-        if best is not None and abs(best - lr) > 1e-12:
-            curve = analysis.curves(runs, key, best)
+    for key, rate_of in (
+        ("lora", "lora"),
+        ("loraplus", "loraplus"),
+        ("qlora", "lora"),
+        ("qlora+loraplus", "loraplus"),
+    ):
+        best = results["best_learning_rate"].get(rate_of)
+        curve = analysis.curves(runs, key, best) if best is not None else {"steps": []}
+        if best is not None and abs(best - lr) > 1e-12 and curve["steps"]:
             axes.plot(
                 curve["steps"],
                 curve["mean"],
                 linestyle="--",
-                label=f"{VARIANT_LABELS[key]} (best lr {best:g})",
+                label=f"{VARIANT_LABELS[key]} ("
+                + ("" if rate_of == key else f"{VARIANT_LABELS[rate_of]}'s ")
+                + f"best lr {best:g})",
             )
     target = results["claims"]["loraplus"]["same_lr"].get("target_eval_loss")
     if target:
