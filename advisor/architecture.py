@@ -43,6 +43,10 @@ _QKV_BIAS_FAMILIES = {"qwen2"}  # Qwen2Attention hard-codes bias=True on q/k/v
 _FOUR_NORM_FAMILIES = {"gemma2", "gemma3_text"}  # pre/post norms around attention and MLP
 _QK_NORM_FAMILIES = {"qwen3", "gemma3_text", "olmo2"}  # per-head RMSNorm on q and k
 _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "qwen3"}
+# Families transformers (5.24) will not run with sdpa: Gemma-2 soft-caps its attention
+# logits, which sdpa cannot (Gemma2PreTrainedModel._supports_sdpa = False). The worker
+# trains them with eager attention, which keeps the s x s scores.
+_EAGER_ATTENTION_FAMILIES = {"gemma2"}
 KNOWN_FAMILIES = {
     "llama",
     "mistral",
@@ -79,6 +83,7 @@ class Architecture:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     max_position_embeddings: int | None = None
+    attention: str = "sdpa"  # or "eager": see _EAGER_ATTENTION_FAMILIES
     notes: tuple[str, ...] = field(default=())
 
     # -- block structure ---------------------------------------------------------
@@ -312,6 +317,11 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
 
     tie_default = model_type in _TIED_BY_DEFAULT
     notes: list[str] = []
+    if model_type in _EAGER_ATTENTION_FAMILIES:
+        notes.append(
+            f"{model_type} trains with eager attention (transformers has no sdpa for it): "
+            "the s x s attention scores count, quadratic in seq_len"
+        )
     if model_type not in KNOWN_FAMILIES:
         notes.append(
             f"model_type '{model_type}' is read as a Llama-style decoder "
@@ -337,5 +347,6 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
         attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
         final_logit_softcapping=cfg.get("final_logit_softcapping"),
         max_position_embeddings=cfg.get("max_position_embeddings"),
+        attention="eager" if model_type in _EAGER_ATTENTION_FAMILIES else "sdpa",
         notes=tuple(notes),
     )

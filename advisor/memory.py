@@ -53,6 +53,15 @@ ALLOCATOR_SLACK = 0.06
 
 DEFAULT_LORA_DROPOUT = 0.05
 
+# Eager attention (Gemma-2), bytes per attention score (one per head, token and key),
+# fitted to traced steps of gemma-2-2b (tests/advisor/data/trace_grid.json): kept for
+# backward per block, the soft-capping's extra, and the transients in flight.
+EAGER_SCORE_BYTES = 6.0
+EAGER_SOFTCAP_BYTES = 2.0
+EAGER_TRANSIENT_BYTES = 4.0
+# Final-logit soft-capping keeps tanh's 16-bit output: bytes per token and vocabulary entry.
+SOFTCAP_LOGIT_BYTES = 2.0
+
 # peft computes DoRA's output in the adapters' dtype (fp32: it casts the layer input to
 # lora_A's dtype), so a DoRA layer's backward holds fp32 tensors as wide as its output:
 # the gradient of the fp32 sum and of its two products. Fitted to the tracer
@@ -236,9 +245,20 @@ def estimate(
     per_layer: float = arch.norms_per_layer * norm
     if arch.qk_norm:
         per_layer += 4 * (arch.q_dim + arch.kv_dim)
-    # flash / memory-efficient sdpa on CUDA keep q, k, v, the output and a
-    # per-head fp32 logsumexp; no s x s scores (what a CUDA run uses).
-    per_layer += d.compute * (2 * arch.q_dim + 2 * kv_saved) + 4 * arch.num_attention_heads
+    eager = arch.attention == "eager"
+    nh = arch.num_attention_heads
+    if eager:
+        # transformers' eager_attention_forward: k and v repeated to every head, and per
+        # head and token a row of s scores kept for backward: tanh soft-capping's output
+        # (16-bit), softmax's fp32 output and its 16-bit copy for the value matmul.
+        score_bytes = EAGER_SCORE_BYTES + (
+            EAGER_SOFTCAP_BYTES if arch.attn_logit_softcapping else 0
+        )
+        per_layer += d.compute * 4 * arch.q_dim + score_bytes * nh * t.seq_len
+    else:
+        # flash / memory-efficient sdpa on CUDA keep q, k, v, the output and a
+        # per-head fp32 logsumexp; no s x s scores (what a CUDA run uses).
+        per_layer += d.compute * (2 * arch.q_dim + 2 * kv_saved) + 4 * nh
     # Gated MLP: SiLU keeps gate's output, the product keeps silu(gate) and up.
     per_layer += 3 * d.residual * i
     dora_weight_saved = 0.0
@@ -265,21 +285,27 @@ def estimate(
         # matmul, forward and backward (MatMul4Bit); one lives at a time.
         transient += max(lin.weight_numel for lin in arch.block_linears()) * d.compute
     transient += dora_temp
+    if eager:
+        # the scores' matmul output and the soft-capped copies in flight
+        transient += tokens * nh * t.seq_len * EAGER_TRANSIENT_BYTES
 
     # -- logits: the fp32 cross-entropy of transformers' ForCausalLMLoss --
     # forward: bf16 logits, their fp32 upcast, log_softmax output (kept);
     # backward start: kept output, its gradient, and the input gradient: 12 B/token/vocab.
     logits_bytes_per_token: float = 12 * V
     if arch.final_logit_softcapping:
-        logits_bytes_per_token += 8 * V  # tanh soft-capping keeps two more fp32 copies
+        # Gemma-2 soft-caps the 16-bit logits with tanh, whose output is kept
+        logits_bytes_per_token += SOFTCAP_LOGIT_BYTES * V
     logits: float = tokens * logits_bytes_per_token + tokens * (4 * h + 4)  # + final norm
     # A padded micro batch: transformers builds one (batch, 1, s, s) bool mask for all
     # blocks, and each block's memory-efficient attention turns it into an additive mask in
     # the compute dtype (attention.cpp `convert_boolean_attn_mask`) that it keeps for
     # backward: 1 GiB over SmolLM2's 30 blocks at 4 x 2048 tokens, which this model missed.
     mask: float = tokens * t.seq_len if padded else 0
+    if eager:
+        mask = tokens * t.seq_len * d.compute  # eager always adds a float (b, 1, s, s) mask
     per_layer_saved = tokens * per_layer + dora_weight_saved
-    if padded:
+    if padded and not eager:
         per_layer_saved += tokens * t.seq_len * d.compute
     layer_input = tokens * d.residual * h  # what a checkpointed block keeps of its forward
 

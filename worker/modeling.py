@@ -276,12 +276,32 @@ def make_bnb_config(plan: TrainingPlan, compute_dtype: torch.dtype):
     )
 
 
-def model_load_kwargs(plan: TrainingPlan, device: str) -> dict[str, Any]:
-    """Keyword arguments of `AutoModelForCausalLM.from_pretrained` for a resolved plan."""
+def attention_implementation(model_type: str | None) -> str:
+    """sdpa (flash / memory-efficient kernels on CUDA) wherever transformers has it; eager
+    for the architectures it refuses sdpa for. Gemma-2 is one: sdpa cannot soft-cap the
+    attention logits (`Gemma2PreTrainedModel._supports_sdpa = False`), and eager attention
+    keeps the s x s scores, which the memory model counts."""
+    if model_type is None:
+        return "sdpa"
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if cls is not None and getattr(cls, "_supports_sdpa", True) is False:
+        return "eager"
+    return "sdpa"
+
+
+def model_load_kwargs(
+    plan: TrainingPlan, device: str, model_type: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of `AutoModelForCausalLM.from_pretrained` for a resolved plan
+    (`model_type` from the model's config.json picks the attention implementation)."""
     dtype = torch_dtype(plan.precision)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": "sdpa",
+        "attn_implementation": attention_implementation(model_type),
         "use_safetensors": True,
         "trust_remote_code": False,
         "quantization_config": make_bnb_config(plan, dtype),
@@ -302,14 +322,17 @@ def load_model_and_tokenizer(plan: TrainingPlan, device: str):
     when it has none. Returns `(peft_model, tokenizer)`.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if _is_local(plan.model):
         refuse_remote_code(plan.model)
     tokenizer = AutoTokenizer.from_pretrained(plan.model, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(plan.model, **model_load_kwargs(plan, device))
+    config = AutoConfig.from_pretrained(plan.model, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        plan.model, **model_load_kwargs(plan, device, config.model_type)
+    )
     if plan.quantize_4bit:
         model = prepare_model_for_kbit_training(
             model,

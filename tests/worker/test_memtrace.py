@@ -244,7 +244,7 @@ def test_worker_trace_command_refuses_what_the_worker_cannot_build(tmp_path, cap
 
     request = tmp_path / "request.json"
     request.write_text(
-        json.dumps({"config": {**TINY, "model_type": "gemma2"}, "training": {"seq_len": 64}}),
+        json.dumps({"config": {**TINY, "model_type": "t5"}, "training": {"seq_len": 64}}),
         encoding="utf-8",
     )
     assert main(["trace", "--request", str(request)]) == EXIT_REFUSED

@@ -97,8 +97,8 @@ def test_a_refused_trace_is_a_422_naming_the_field_and_is_remembered(data_dir):
     """The worker's refusal (`python -m worker trace` exits 2 naming the field; see
     tests/worker/test_memtrace.py) is cached like an answer and served as a 422."""
     runner = TraceRunner(cache_dir=data_dir / "refusals")
-    body = {**BODY, "model": {"config": {**TINY, "model_type": "gemma2"}}}
-    detail = "transformers cannot build 'gemma2' the way the worker loads it; use method 'analytic'"
+    body = {**BODY, "model": {"config": {**TINY, "model_type": "t5"}}}
+    detail = "transformers cannot build 't5' the way the worker loads it; use method 'analytic'"
     runner._store(
         cache_key(_payload_of(body, precision="fp16"), runner.versions),
         {"refused": {"field": "model.config.model_type", "detail": detail}},

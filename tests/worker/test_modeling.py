@@ -334,3 +334,37 @@ def test_qlora_keeps_non_4bit_weights_in_the_compute_dtype(tiny_model):
         out = model(input_ids=ids, labels=ids, output_hidden_states=True)
     assert out.hidden_states[-1].dtype == torch.bfloat16
     out.loss.backward()
+
+
+def test_gemma2_trains_with_eager_attention(tmp_path):
+    """transformers has no sdpa for Gemma-2 (soft-capped attention logits): the worker
+    picks eager for it instead of failing to load, and the memory model counts eager's
+    s x s scores (advisor.architecture: attention 'eager')."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from advisor.architecture import from_hf_config
+    from tests.utils.builders import build_tokenizer
+
+    assert modeling.attention_implementation("gemma2") == "eager"
+    assert modeling.attention_implementation("llama") == "sdpa"
+    directory = tmp_path / "tiny-gemma2"
+    vocab = len(build_tokenizer(directory))
+    config = Gemma2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=vocab,
+    )
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(config).save_pretrained(directory)
+    assert from_hf_config(config.to_dict()).attention == "eager"
+    plan = make_plan("lora", precision="fp32", optimizer="adamw").model_copy(
+        update={"model": str(directory)}
+    )
+    model, _ = modeling.load_model_and_tokenizer(plan, "cpu")
+    assert model.config._attn_implementation == "eager"
+    ids = torch.randint(0, vocab, (1, 8))
+    model(input_ids=ids, labels=ids).loss.backward()

@@ -125,10 +125,10 @@ def build_model(config: Mapping[str, Any], plan: TrainingPlan, device: str = "me
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    kwargs = modeling.model_load_kwargs(plan, "cuda")
+    architecture = hf_config(config)
+    kwargs = modeling.model_load_kwargs(plan, "cuda", architecture.model_type)
     dtype = kwargs["dtype"]
     place = torch.device(device) if device in ("meta", "cuda") else contextlib.nullcontext()
-    architecture = hf_config(config)
     try:
         with place:
             model = AutoModelForCausalLM.from_config(
@@ -138,13 +138,12 @@ def build_model(config: Mapping[str, Any], plan: TrainingPlan, device: str = "me
                 trust_remote_code=False,
             )
     except ValueError as exc:
-        # e.g. "Gemma2ForCausalLM does not support an attention implementation through
-        # torch.nn.functional.scaled_dot_product_attention yet": the worker loads with sdpa
-        # and would fail the same way.
+        # transformers refuses the configuration: the worker would fail the same way.
         raise ConfigError(
             "model.config.model_type",
             f"transformers cannot build {architecture.model_type!r} the way the worker loads "
-            f"it (sdpa attention): {str(exc).splitlines()[0][:300]}; use method 'analytic'",
+            f"it ({kwargs['attn_implementation']} attention): "
+            f"{str(exc).splitlines()[0][:300]}; use method 'analytic'",
         ) from None
     if plan.quantize_4bit:
         _quantize_4bit(model, plan, dtype, device)

@@ -26,8 +26,9 @@ from typing import Any
 # Dense decoders of several families and sizes: small heads and tied embeddings (SmolLM2),
 # q/k/v biases and a 152k vocabulary (Qwen2.5), 128k vocabulary and tied head (Llama-3.2),
 # narrow GQA (TinyLlama), fused qkv and gate_up (Phi-3), multi-head 7B (Llama-2), GQA 8B with
-# the 128k vocabulary (Llama-3), sliding-window attention (Mistral). Gemma-2 is left out:
-# transformers 5 has no sdpa attention for it, so the worker cannot train it as configured.
+# the 128k vocabulary (Llama-3), sliding-window attention (Mistral), and eager attention with
+# soft-capped logits, four norms per block and a 256k vocabulary (Gemma-2: transformers has no
+# sdpa for it, so the worker trains it with eager attention).
 ARCHITECTURES = (
     "HuggingFaceTB/SmolLM2-135M",
     "Qwen/Qwen2.5-0.5B",
@@ -37,6 +38,7 @@ ARCHITECTURES = (
     "meta-llama/Llama-2-7b-hf",
     "meta-llama/Meta-Llama-3-8B",
     "mistralai/Mistral-7B-v0.1",
+    "google/gemma-2-2b",
 )
 VARIANTS = ("lora", "qlora", "dora", "loraplus")
 SEQ_LENS = (512, 2048)

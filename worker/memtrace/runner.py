@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from advisor.profile import EstimateRequest
 
 # Bump when the tracer models anything differently: old cache entries then stop matching.
-TRACER_VERSION = 1
+TRACER_VERSION = 2  # 2: Gemma-2 and other sdpa-less families traced with eager attention
 DEFAULT_TIMEOUT_S = 180.0
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 EXIT_REFUSED = 2
