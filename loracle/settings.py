@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(
         default=False, description="LORACLE_AUTH_DISABLED=1 turns authentication off."
     )
+    trace_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="A memory trace (POST /v1/estimates method 'trace') that takes longer is "
+        "stopped and answered with a 422; a 70B trace takes under a minute on 2 cores.",
+    )
+    trace_concurrency: int = Field(
+        default=1, ge=1, description="Traces run at once in the API process (each takes a core)."
+    )
     dispatch_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -23,6 +23,7 @@ from fastapi import Depends
 from advisor.decide import estimate_only, recommend
 from advisor.profile import EstimateRequest, Profile
 from api.deps import SettingsDep
+from loracle.settings import Settings
 from worker.memtrace.runner import TraceRunner, traced_estimate
 
 CACHE_SIZE = 4096  # about 5 KB an answer: 20 MB at most
@@ -54,15 +55,21 @@ def estimate_json(request: EstimateRequest) -> bytes:
 
 
 @cache
-def _runner_for(cache_dir: str) -> TraceRunner:
+def _runner_for(cache_dir: str, timeout_s: float, concurrency: int) -> TraceRunner:
     from pathlib import Path
 
-    return TraceRunner(cache_dir=Path(cache_dir))
+    return TraceRunner(cache_dir=Path(cache_dir), timeout_s=timeout_s, concurrency=concurrency)
 
 
-def get_trace_runner(settings: SettingsDep) -> TraceRunner:
+def trace_runner(settings: Settings) -> TraceRunner:
     """One runner (and one memory cache) per data directory."""
-    return _runner_for(str(settings.data_dir / "trace-cache"))
+    return _runner_for(
+        str(settings.data_dir / "trace-cache"), settings.trace_timeout_s, settings.trace_concurrency
+    )
+
+
+async def get_trace_runner(settings: SettingsDep) -> TraceRunner:
+    return trace_runner(settings)
 
 
 TraceRunnerDep = Annotated[TraceRunner, Depends(get_trace_runner)]

@@ -69,7 +69,7 @@ def test_trace_answers_the_estimate_shape(client, traced):
 
 
 def test_a_repeated_trace_is_answered_from_the_caches(client, data_dir, traced):
-    runner = service.get_trace_runner(get_settings_for(data_dir))
+    runner = service.trace_runner(get_settings_for(data_dir))
     runs = runner.runs
     again = client.post("/v1/estimates", json=BODY)
     assert again.status_code == 200 and again.json() == traced
