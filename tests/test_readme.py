@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from api.security import digest
 from loracle.cli import app
+from loracle.settings import get_settings
 from tests.utils.api import KEY_A
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,10 @@ def test_curl_example_gives_the_answer_shown(server):
     contains(shown, answer)
 
 
-def test_cli_lines_run(tmp_path):
+def test_cli_lines_run(tmp_path, monkeypatch):
+    # `estimate --trace` keeps its cache in the data directory: a fresh one, as on a new machine
+    monkeypatch.setenv("LORACLE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
     model_dir = tmp_path / "model-dir"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(
@@ -139,3 +143,7 @@ def test_cli_lines_run(tmp_path):
         assert result.exit_code == 0, f"{line}\n{result.output}"
         if "--json" in argv:
             json.loads(result.output)
+
+
+def teardown_module() -> None:
+    get_settings.cache_clear()
