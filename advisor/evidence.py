@@ -115,8 +115,8 @@ def _figures(data: dict[str, Any], key: str) -> str:
         )
     if key == "lora":
         return (
-            f"LoRA reached {f['share_of_best_pct']:.0f}% of the exact match of the best "
-            f"variant ({TITLES.get(f['best_variant'], f['best_variant'])})"
+            f"LoRA's held-out loss was {f['loss_gap_pct']:+.1f}% against the best variant's "
+            f"({TITLES.get(f['best_variant'], f['best_variant'])}) at the same settings"
         )
     if key == "qlora+loraplus":
         best = f.get("speedup_vs_qlora_best_lr")

@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -326,7 +327,7 @@ def run(
     import bench._common as common
     from bench.evidence import analysis
     from bench.evidence.base import build_base, read_corpus
-    from bench.evidence.task import write_task
+    from bench.evidence.task import majority_by_kind, write_task
     from worker.artifacts import library_versions
 
     started = time.perf_counter()
@@ -342,6 +343,7 @@ def run(
         task = write_task(
             work / "task", train_texts, train_rows=mode.train_rows, eval_rows=mode.eval_rows
         )
+        majority = majority_by_kind(task["eval_file"])  # before the work directory goes
         # Seeds outermost: the variants of one seed run side by side, so a busy spell on a
         # shared machine falls on every variant alike.
         grid = [
@@ -400,6 +402,7 @@ def run(
             "task_name": task["name"],
             "task": task["description"] + ".",
             "examples": task["examples"],
+            "majority_by_kind": majority,
             "train_rows": task["train_rows"],
             "eval_rows": task["eval_rows"],
             "steps": mode.steps,
@@ -421,6 +424,17 @@ def run(
         "estimate_7b": e7b,
         "runs": runs,
         "runtime_seconds": round(time.perf_counter() - started, 1),
+        # This process and its finished children (the pool's workers, the probes, the tracer).
+        "cpu_seconds": round(
+            sum(
+                usage.ru_utime + usage.ru_stime
+                for usage in (
+                    resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN),
+                )
+            ),
+            1,
+        ),
     }
     results = summarize(measured)
     _write(results, out_dir, publish)
@@ -473,15 +487,21 @@ def summarize(measured: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _write(results: dict[str, Any], out_dir: Path | None, publish: bool) -> None:
+def _write(
+    results: dict[str, Any], out_dir: Path | None, publish: bool, rendered: bool = False
+) -> None:
     from bench._common import write_results
     from bench.evidence import report
 
     mode = results["mode"]
     name = "evidence" if mode == "full" else f"evidence-{mode}"
     figures = {k: v for k, v in results.items() if k != "machine"}
-    if out_dir is None:
+    if out_dir is None and not rendered:
         path = write_results(name, figures)
+        plot_dir = RESULTS_DIR / name
+    elif out_dir is None:  # keep the machine and date of the run, not of the rendering
+        path = RESULTS_DIR / f"{name}.json"
+        report.write_json(path, results)
         plot_dir = RESULTS_DIR / name
     else:
         path = out_dir / f"{name}.json"
@@ -501,6 +521,20 @@ def _write(results: dict[str, Any], out_dir: Path | None, publish: bool) -> None
     markdown_path.write_text(report.markdown(results, links), encoding="utf-8")
     report.write_json(evidence_path, results["advisor_evidence"])
     _log(f"{'published' if publish else 'preview'}: {markdown_path}, {evidence_path}")
+
+
+def _majority_again(stored: dict[str, Any]) -> dict[str, float]:
+    """Rebuild the held-out file of a stored run (deterministic) and count its answers."""
+    from bench.evidence.base import read_corpus
+    from bench.evidence.task import majority_by_kind, write_task
+
+    setup = stored["setup"]
+    texts, _, _ = read_corpus(setup["mode"]["base"]["corpus_files"])
+    with tempfile.TemporaryDirectory() as scratch:
+        task = write_task(
+            Path(scratch), texts, train_rows=setup["train_rows"], eval_rows=setup["eval_rows"]
+        )
+        return majority_by_kind(task["eval_file"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -552,9 +586,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.render:
         stored = json.loads(args.render.read_text(encoding="utf-8"))
+        if "majority_by_kind" not in stored["setup"]:  # results written before it was kept
+            stored["setup"]["majority_by_kind"] = _majority_again(stored)
         results = summarize(stored)
         publish = results["mode"] == "full" and args.out is None and not args.no_publish
-        _write(results, args.out, publish)
+        _write(results, args.out, publish, rendered=True)
         return results
     mode = MODES[args.mode or "full"]
     publish = mode.name == "full" and args.out is None and not args.no_publish

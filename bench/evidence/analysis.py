@@ -184,8 +184,10 @@ def claims(
 
     finals = {k: spread(final(r)["exact_match"] for r in v) for k, v in at.items()}
     losses = {k: spread(final(r)["eval_loss"] for r in v) for k, v in at.items()}
-    # Best by exact match, ties (e.g. none right yet) by the lower held-out loss.
-    best_key = max(finals, key=lambda k: (finals[k]["mean"] or 0.0, -(losses[k]["mean"] or 0.0)))
+    # The best variant at the same settings: the lowest held-out loss.
+    best_key = min(
+        losses, key=lambda k: losses[k]["mean"] if losses[k]["mean"] is not None else 1e9
+    )
     return {
         "loraplus": {
             "seed_says": "reaches the target quality roughly 1.5-2x faster",
@@ -235,14 +237,17 @@ def claims(
         },
         "lora": {
             "seed_says": "standard LoRA still works well for most jobs",
+            "eval_loss": losses.get("lora"),
             "exact_match": finals.get("lora"),
             "best_variant": best_key,
+            "best_eval_loss": losses[best_key],
             "best_exact_match": finals[best_key],
-            "share_of_best_pct": (
-                100 * finals["lora"]["mean"] / finals[best_key]["mean"]
-                if finals[best_key]["mean"]
+            "loss_gap_pct": (
+                100 * (losses["lora"]["mean"] / losses[best_key]["mean"] - 1)
+                if losses["lora"]["mean"] and losses[best_key]["mean"]
                 else None
             ),
             "base_exact_match": spread(r["evals"][0]["exact_match"] for r in at["lora"]),
+            "base_eval_loss": spread(r["evals"][0]["eval_loss"] for r in at["lora"]),
         },
     }

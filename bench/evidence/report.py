@@ -89,10 +89,15 @@ def verdicts(claims: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
 
     lora = claims["lora"]
-    share = lora.get("share_of_best_pct")
+    gap = lora.get("loss_gap_pct")
     out["lora"] = {
-        "verdict": "reproduces" if share is not None and share >= 90 else "partly",
-        "rule": "reproduces when LoRA's exact match is at least 90% of the best variant's",
+        "verdict": "reproduces"
+        if gap is not None and gap <= 5
+        else "partly"
+        if gap is not None and gap <= 15
+        else "does not reproduce",
+        "rule": "reproduces when LoRA's held-out loss is within 5% of the best variant's at the "
+        "same settings, partly within 15%",
     }
     return out
 
@@ -160,6 +165,7 @@ def advisor_evidence(results: dict[str, Any]) -> dict[str, Any]:
             "estimate_7b_gb": {
                 "lora": est.get("lora_total_gb"),
                 "qlora": est.get("qlora_total_gb"),
+                "method": est.get("source"),
             },
             "eval_loss_diff_pct": _ms(c["qlora"]["quality"]["eval_loss_diff_pct"], 1),
             "exact_match_diff_pts": _ms(c["qlora"]["quality"]["exact_match_diff_pts"], 1),
@@ -181,8 +187,8 @@ def advisor_evidence(results: dict[str, Any]) -> dict[str, Any]:
             ),
         },
         "lora": {
-            "share_of_best_pct": round(c["lora"]["share_of_best_pct"], 1)
-            if c["lora"]["share_of_best_pct"] is not None
+            "loss_gap_pct": round(c["lora"]["loss_gap_pct"], 1)
+            if c["lora"]["loss_gap_pct"] is not None
             else None,
             "best_variant": c["lora"]["best_variant"],
             "verdict": verdict["lora"],
@@ -356,9 +362,16 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "papers' (`advisor/data/evidence.json`, written by the same run)."
     )
     add("")
+    build = base.get("build_seconds")
+    cpu = results.get("cpu_seconds")
     add(
-        "Reproduce (about 25-30 minutes on 2 CPU cores, the first run included; `--quick` in "
-        "about 5 once the base model is cached):"
+        f"Reproduce with the command below. This run took {results['runtime_seconds'] / 60:.1f} "
+        "minutes on the machine described under it"
+        + (f" ({cpu / 60:.0f} CPU-minutes)" if cpu else "")
+        + f", with the base model {'from the cache' if base.get('cached') else 'built in the run'}"
+        + (f"; building it took {build / 60:.1f} minutes" if build else "")
+        + ". `--quick` runs a smaller version (2 seeds, 40 steps, 2 learning rates) in about 5 "
+        "minutes once the base is cached, and publishes nothing."
     )
     add("")
     add("```sh")
@@ -403,9 +416,10 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     )
     lo = c["lora"]
     add(
-        f"| LoRA works well for most jobs | exact match {_pm(lo['exact_match'], '{:.3f}')}, "
-        f"{_num(lo['share_of_best_pct'], '{:.0f}')}% of the best variant's "
-        f"({VARIANT_LABELS[lo['best_variant']]}) | **{v['lora']['verdict']}** |"
+        f"| LoRA works well for most jobs | held-out loss {_pm(lo['eval_loss'], '{:.3f}')}, "
+        f"{_num(lo['loss_gap_pct'], '{:+.1f}')}% against the best variant at the same settings "
+        f"({VARIANT_LABELS[lo['best_variant']]}, {_pm(lo['best_eval_loss'], '{:.3f}')}); from "
+        f"{_pm(lo['base_eval_loss'], '{:.2f}')} before fine-tuning | **{v['lora']['verdict']}** |"
     )
     add("")
     add("Rules: " + "; ".join(f"{VARIANT_LABELS[k]}: {x['rule']}" for k, x in v.items()) + ".")
@@ -444,6 +458,16 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         + "; ".join(f"`{e['prompt'].strip()}` → `{e['completion']}`" for e in s["examples"][:4])
         + f". Before fine-tuning the base gets {_pm(lo['base_exact_match'], '{:.3f}')} of them "
         "exactly right."
+        + (
+            f" Answering every expression with its kind's most common answer would get "
+            f"{s['majority_by_kind']['all']:.3f} right: exact match at this scale is mostly "
+            "about learning how often each answer comes, and only where a model beats that "
+            "(see the table by kind) has it learned to read the expression, so the held-out "
+            "loss, which rewards the probability given to the right answer, is the main measure "
+            "of quality here."
+            if s.get("majority_by_kind", {}).get("all") is not None
+            else ""
+        )
     )
     add(
         "- **Metrics**: held-out loss (mean cross-entropy per answer token, eos included); "
@@ -547,7 +571,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             f"| {label} | {_pm(row['eval_loss'], '{:.3f}')} | {_pm(row['exact_match'], '{:.3f}')} "
             f"| {_pm(row['token_accuracy'], '{:.3f}')} | {row['trainable_parameters']:,} | "
             f"{_pm(row['median_step_cpu_seconds'], '{:.3f}')} "
-            f"({_pm(row['median_step_seconds'], '{:.3f}')}) |"
+            f"({_num(_mean(row['median_step_seconds']), '{:.3f}')}) |"
         )
     add("")
     kinds = sorted(
@@ -556,12 +580,22 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     if kinds:
         add(
             "Exact match by kind of expression (mean over seeds, base learning rate; step 0 is "
-            "the base model before fine-tuning):"
+            "the base model before fine-tuning). The first row is what answering every "
+            "expression of a kind with that kind's most common answer would score: where a "
+            "variant scores about that, it has learned how often each answer comes, not how to "
+            "read the expression:"
         )
         add("")
         add("| variant | " + " | ".join(kinds) + " |")
         add("|---|" + "---|" * len(kinds))
         lora_runs = analysis.select(results["runs"], "lora", s["learning_rate"])
+        majority = s.get("majority_by_kind")
+        if majority:
+            add(
+                "| always the kind's most common answer | "
+                + " | ".join(f"{majority.get(k, 0.0):.2f}" for k in kinds)
+                + " |"
+            )
         rows = [("base (step 0)", [r["evals"][0] for r in lora_runs])]
         rows += [
             (
@@ -766,12 +800,14 @@ def discussion(
         "memory model (checked against published measurements) and, where it ran, the "
         "worker's tracer, not a run on a GPU."
     )
-    share = lora.get("share_of_best_pct")
+    gap = lora.get("loss_gap_pct")
+    tuned = plus["quality_best_lr"]["baseline"]["eval_loss"]
     lines.append(
-        f"LoRA ({verdicts['lora']['verdict']}): plain LoRA reached "
-        f"{_num(share, '{:.0f}%')} of the exact match of the best variant at the same settings "
-        f"({VARIANT_LABELS.get(lora['best_variant'], lora['best_variant'])}); before "
-        "fine-tuning the base got none right. 'Works well for most jobs' is a claim about many "
-        "tasks; one task can only fail to contradict it."
+        f"LoRA ({verdicts['lora']['verdict']}): at the same settings plain LoRA's held-out loss "
+        f"was {_num(gap, '{:+.1f}%')} against the best variant's "
+        f"({VARIANT_LABELS.get(lora['best_variant'], lora['best_variant'])}); only LoRA+ at its "
+        f"own learning rate did clearly better ({_pm(q_best['variant']['eval_loss'], '{:.3f}')} "
+        f"against LoRA's {_pm(tuned, '{:.3f}')} at its best rate). 'Works well for most jobs' "
+        "is a claim about many tasks; one task can only fail to contradict it."
     )
     return lines

@@ -155,6 +155,24 @@ def write_task(
     }
 
 
+def majority_by_kind(eval_file: Path | str) -> dict[str, float]:
+    """Per kind of expression (and over all rows, `all`), the share of held-out rows whose
+    answer is that kind's most common answer: the exact match of a model that learned only how
+    often each answer comes."""
+    answers: dict[str, Counter[str]] = {}
+    with open(eval_file, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                answers.setdefault(row["kind"], Counter())[row["completion"]] += 1
+    shares = {
+        kind: round(max(c.values()) / sum(c.values()), 4) for kind, c in sorted(answers.items())
+    }
+    rows = sum(sum(c.values()) for c in answers.values())
+    shares["all"] = round(sum(max(c.values()) for c in answers.values()) / rows, 4)
+    return shares
+
+
 class Evaluator:
     """Held-out metrics of a model, from the same tokenization the worker trains on."""
 
