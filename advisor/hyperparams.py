@@ -14,6 +14,12 @@ from advisor.variants import Combination
 # LoRA+ (Hayou et al. 2024, section 5): a ratio lr_B / lr_A of 2^4 works across
 # the LLaMA experiments; peft's create_loraplus_optimizer takes it as loraplus_lr_ratio.
 LORAPLUS_LR_RATIO = 16.0
+# With B at 16x, A's rate (the optimizer's `lr`) goes below plain LoRA's: the LoRA+ authors
+# advise "slightly smaller (e.g. by a factor of 2) than typical vanilla LoRA learning
+# rates" (github.com/nikhil-ghosh-berkeley/loraplus, README). loracle's own benchmark
+# agrees in direction: reused at LoRA's rate LoRA+ overshot, and its best rate was 8x
+# lower than LoRA's on a 2.4M-parameter model (BENCHMARKS.md).
+LORAPLUS_LR_FACTOR = 0.5
 
 
 def learning_rate(arch: Architecture) -> float:
@@ -66,4 +72,5 @@ def suggest(
         }
     if combo.loraplus:
         out["loraplus_lr_ratio"] = LORAPLUS_LR_RATIO
+        out["learning_rate"] = learning_rate(arch) * LORAPLUS_LR_FACTOR
     return out

@@ -15,6 +15,7 @@ from advisor.architecture import Architecture, from_hf_config
 from advisor.catalog.models import find_model
 from advisor.decide import recommend
 from advisor.errors import InvalidInput, Problem
+from advisor.hyperparams import suggest
 from advisor.memory import GIB, estimate
 from advisor.profile import Profile, TrainingSettings
 from advisor.variants import combination
@@ -215,9 +216,22 @@ def create_job(
         est = estimate(arch, training, combo, lora_dropout=dropout).as_dict()
         est["method"] = "analytic"
 
-    # Fill the advisor's DoRA dropout default when the job did not choose one.
-    if combo.dora and "lora_dropout" not in hp:
-        hp["lora_dropout"] = 0.0
+    # What the job leaves unset and the advisor has an opinion on comes from the advisor
+    # (DoRA without dropout, LoRA+'s lower base rate, the learning rate by model size,
+    # warmup): the same hyperparameters POST /v1/recommendations answers.
+    filled: dict[str, Any] = {}
+    if arch is not None:
+        suggested = suggest(arch, training, combo, training.precision)
+        for key, value in (
+            ("learning_rate", suggested["learning_rate"]),
+            ("lora_dropout", suggested["lora_config"]["lora_dropout"]),
+            ("warmup_ratio", suggested["warmup_ratio"]),
+            ("lr_scheduler", suggested["lr_scheduler"]),
+        ):
+            if key not in hp:
+                hp[key] = filled[key] = value
+    elif combo.dora and "lora_dropout" not in hp:
+        hp["lora_dropout"] = filled["lora_dropout"] = 0.0
     row = store.add_job(
         s,
         id=job_id or store.new_id("job"),
@@ -233,6 +247,15 @@ def create_job(
         decision=decision,
         estimate=est,
     )
+    if filled:
+        store.add_event(
+            s,
+            row.id,
+            "defaults",
+            "advisor defaults for what the job left unset: "
+            + ", ".join(f"{k}={v}" for k, v in filled.items()),
+            filled,
+        )
     if decision is not None:
         store.add_event(
             s,

@@ -66,6 +66,11 @@ def test_speed_gives_loraplus_with_ratio_16():
     answer = advise("speed")
     assert answer["variant"] == "loraplus"
     assert answer["hyperparameters"]["loraplus_lr_ratio"] == 16
+    # A's rate below plain LoRA's (the LoRA+ authors: about half), B's 16x that
+    assert (
+        answer["hyperparameters"]["learning_rate"]
+        == advise("none")["hyperparameters"]["learning_rate"] / 2
+    )
 
 
 def test_no_priority_gives_lora():

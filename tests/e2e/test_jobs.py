@@ -127,11 +127,17 @@ def test_loraplus_gave_b_sixteen_times_a(finished, redis_service: Service, tmp_p
     assert lr_b.pop() == pytest.approx(16 * lr_a.pop())
 
 
-def test_auto_stores_the_decision_and_trains_its_choice(finished):
+def test_auto_stores_the_decision_and_trains_its_choice(finished, redis_service: Service):
     job = finished["auto"]
     assert job["requested_variant"] == "auto"
     assert job["decision"]["variant"] == job["variant"]
     assert job["decision"]["decision_path"][2]["decides"] == "loraplus"
+    # what the job left unset came from the advisor's hyperparameters, and was trained with
+    defaults = next(e for e in redis_service.events(job["id"]) if e["type"] == "defaults")
+    advised = job["decision"]["hyperparameters"]
+    assert defaults["data"]["warmup_ratio"] == advised["warmup_ratio"]
+    assert job["hyperparameters"]["warmup_ratio"] == advised["warmup_ratio"]
+    assert job["hyperparameters"]["learning_rate"] == FAST["learning_rate"]  # the job's own
 
 
 def test_events_are_ordered_and_complete(finished, redis_service: Service):
