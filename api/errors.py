@@ -41,13 +41,22 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def _value(value: Any) -> Any:
+    """The offending value as JSON can carry it (raw bytes need not be UTF-8)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value[:300]).decode("utf-8", errors="replace")
+    try:
+        return jsonable_encoder(value)
+    except (TypeError, ValueError):
+        return repr(value)[:300]
+
+
 def _body(error: str, detail: str, problems: Iterable[Problem] = ()) -> dict[str, Any]:
     return {
         "error": error,
         "detail": detail,
         "problems": [
-            {"field": p.field, "message": p.message, "value": jsonable_encoder(p.value)}
-            for p in problems
+            {"field": p.field, "message": p.message, "value": _value(p.value)} for p in problems
         ],
     }
 
@@ -89,7 +98,7 @@ def _problem(err: dict[str, Any]) -> Problem:
     else:
         msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
         if value is not None and kind not in ("model_type", "dict_type"):
-            msg = f"{msg} (got {value!r})"
+            msg = f"{msg} (got {_value(value)!r})"
     return Problem(field, msg, value if kind not in ("missing",) else None)
 
 

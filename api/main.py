@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 import loracle
+from advisor.profile import Profile
 from api import errors
 from api.advice.endpoints import router as advice_router
 from api.catalog.endpoints import router as catalog_router
@@ -62,6 +65,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
 
 
+def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Register the schemas of request bodies that routes read themselves."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default()
+            _, defs = models_json_schema(
+                [(m, "validation") for m in models],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                defs.get("$defs", {})
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application, configured by ``settings`` (default: the LORACLE_* environment)."""
     app = FastAPI(
@@ -82,8 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every endpoint but /healthz (and the API's own documentation) needs a valid key.
     authenticated = [Depends(get_owner)]
     documented = error_responses(401, 413, 422)
-    for router in (advice_router, catalog_router, files_router, jobs_router):
+    for router in (catalog_router, files_router, jobs_router):
         app.include_router(router, dependencies=authenticated, responses=documented)
+    # /v1/recommendations checks the key itself (see its route); /v1/estimates by dependency
+    app.include_router(advice_router, responses=documented)
+    document_models(app, Profile)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

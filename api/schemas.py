@@ -24,3 +24,14 @@ class ErrorOut(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route may give."""
     return {code: {"model": ErrorOut} for code in codes}
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body of a route that reads its JSON itself; the model's schema is
+    registered under components by ``api.main`` (``document_models``)."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+    }

@@ -70,6 +70,11 @@ async def get_owner(
     request: Request, settings: Annotated[Settings, Depends(app_settings)]
 ) -> str | None:
     """The owner of this request: the digest of its valid API key."""
+    return check_key(request, settings)
+
+
+def check_key(request: Request, settings: Settings) -> str | None:
+    """The digest of the request's valid API key (None with auth disabled); raises 401."""
     if settings.auth_disabled:
         return ANONYMOUS
     header = request.headers.get("authorization", "")

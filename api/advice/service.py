@@ -19,6 +19,8 @@ from functools import cache, lru_cache
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from advisor.decide import estimate_only, recommend
 from advisor.profile import EstimateRequest, Profile
@@ -45,6 +47,20 @@ def _estimate(key: str) -> bytes:
 
 def recommendation_json(profile: Profile) -> bytes:
     return _recommendation(profile.model_dump_json())
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def recommendation_for_body(body: bytes) -> bytes:
+    """The answer to a request body: validated with pydantic's JSON parser (an invalid body
+    raises RequestValidationError, which is not cached), then answered through the cache
+    of validated profiles, so equal profiles written differently share one answer."""
+    try:
+        profile = Profile.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+    return recommendation_json(profile)
 
 
 def estimate_json(request: EstimateRequest) -> bytes:
