@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from loracle.store.models import Base
@@ -36,8 +36,32 @@ def engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    create_schema(engine)
     return engine
+
+
+# Any constant of our own: the key of the PostgreSQL advisory lock that orders schema creation.
+_SCHEMA_LOCK_KEY = 0x6C6F7261636C65  # "loracle"
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that are missing, safely beside other processes doing the same.
+
+    The API, the worker and the embedded runner each open the store when they start,
+    so on a fresh database they race to create it. ``create_all`` checks, then
+    creates: two processes both see no table and the second CREATE fails
+    (PostgreSQL: a unique violation on ``pg_type_typname_nsp_index``; SQLite:
+    "table ... already exists"). One transaction under a lock makes the check and
+    the creation atomic: a transaction-scoped advisory lock on PostgreSQL, the write
+    lock of ``BEGIN IMMEDIATE`` on SQLite (whose driver would otherwise run the DDL
+    outside any transaction). The loser waits, then finds the tables there.
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        elif engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        Base.metadata.create_all(conn)
 
 
 @lru_cache(maxsize=8)
