@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -19,11 +21,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # beside the writer, and a busy timeout turns lock contention into a short
     # wait instead of "database is locked".
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _journal_mode_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _journal_mode_wal(cursor: Any, wait_s: float = 30.0) -> None:
+    """Switch a database file to WAL (a no-op once it is: the mode is kept in the file).
+
+    The switch needs an exclusive lock, and SQLite answers "database is locked" at
+    once instead of calling the busy handler when another connection holds a lock,
+    which is what happens when the API and the worker open a fresh file together.
+    So wait for the lock here, as the busy timeout would.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @lru_cache(maxsize=8)

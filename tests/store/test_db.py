@@ -3,6 +3,7 @@ as the API, the worker and the embedded runner do when the service first starts.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from loracle.store.models import Base
 from tests.utils.postgres import fresh_database
 
 PROCESSES = 4
-ROUNDS = 4
+ROUNDS = 6
 
 
 def _open_at(url: str, start_at: float, answers: mp.Queue) -> None:
@@ -48,13 +49,8 @@ def fresh_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[
     if request.param == "sqlite":
         yield [f"sqlite:///{tmp_path / f'store-{i}.db'}" for i in range(ROUNDS)]
         return
-    with (
-        fresh_database() as a,
-        fresh_database() as b,
-        fresh_database() as c,
-        fresh_database() as d,
-    ):
-        yield [a, b, c, d]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(fresh_database()) for _ in range(ROUNDS)]
 
 
 def test_processes_opening_a_fresh_store_together_all_succeed(fresh_urls: list[str]):
