@@ -7,7 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from api.security import configuration_problem, digest
 from loracle.cli import app
+from loracle.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -48,3 +50,36 @@ def test_images_and_commands_exist():
     assert COMPOSE["services"]["worker"]["command"][:2] == ["loracle", "worker"]
     assert {"serve", "worker"} <= commands
     assert 'CMD ["loracle", "serve"' in DOCKERFILE
+
+
+def _interpolate(value: str, host_env: dict[str, str]) -> str:
+    """Compose's ${NAME}, ${NAME:-default} and ${NAME:?error} against a host environment."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, rest = m.group(1), m.group(2), m.group(3)
+        if host_env.get(name):
+            return host_env[name]
+        if op == ":?":
+            raise LookupError(f"{name}: {rest}")
+        return rest or ""
+
+    return re.sub(r"\$\{(\w+)(:[-?])?([^}]*)\}", one, value)
+
+
+def test_api_starts_with_the_keys_the_host_exports_and_says_what_is_missing():
+    env = COMPOSE["services"]["api"]["environment"]
+    # Without keys on the host, compose itself stops with a message that says what to set,
+    # instead of an API that exits at start and a worker that waits on it forever.
+    try:
+        {k: _interpolate(str(v), {}) for k, v in env.items()}
+    except LookupError as exc:
+        assert "LORACLE_API_KEY_HASHES" in str(exc) and "SHA-256" in str(exc)
+    else:
+        raise AssertionError("the api service starts without API keys")
+    hashes = digest("lor_compose-test-key")
+    resolved = {k: _interpolate(str(v), {"LORACLE_API_KEY_HASHES": hashes}) for k, v in env.items()}
+    settings = Settings(
+        **{k.removeprefix("LORACLE_").lower(): v for k, v in resolved.items()},
+    )
+    assert configuration_problem(settings) is None
+    assert settings.api_key_hashes == hashes
