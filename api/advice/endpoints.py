@@ -13,7 +13,7 @@ from api.advice.schemas import EstimateResponse, RecommendationOut
 from api.schemas import error_responses, request_body
 from api.security import check_key, get_owner
 
-router = APIRouter(prefix="/v1", tags=["advice"])
+router = APIRouter(prefix="/v1", tags=["advice"], responses=error_responses(401, 413, 422))
 
 
 # The advisor builds plain JSON-ready dicts whose shape the response models
