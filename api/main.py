@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 import loracle
 from advisor.profile import Profile
 from api import errors
-from api.advice.endpoints import router as advice_router
+from api.advice import endpoints as advice
 from api.catalog.endpoints import router as catalog_router
 from api.files.endpoints import router as files_router
 from api.jobs.endpoints import router as jobs_router
@@ -106,11 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticated = [Depends(get_owner)]
     documented = error_responses(401, 413, 422)
     # /v1/recommendations checks the key itself (see its route); /v1/estimates by dependency.
-    # The advice routes sit on the app itself, first: a request is matched against the
-    # routes in order, and an included router adds a second matching pass of its own.
-    # Matched after every other route, through an included router, the hottest route
-    # spent more time being found than answering a repeated question (bench/advice.py).
-    app.router.routes.extend(advice_router.routes)
+    advice.install(app)
     for router in (catalog_router, files_router, jobs_router):
         app.include_router(router, dependencies=authenticated, responses=documented)
     document_models(app, Profile)

@@ -7,7 +7,7 @@ in one run; reported as tokens/s and their ratio (goal: at least 0.95).
 Latency: short jobs submitted one at a time to an idle worker; the time from the
 job's creation to its start, from the job store's timestamps (p50, p95).
 
-    python -m bench training [--steps 60] [--latency-jobs 20]
+    python -m bench training [--steps 300] [--rounds 5] [--latency-jobs 20]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from bench._common import write_results
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m bench training")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--latency-jobs", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs of each")
     args = parser.parse_args(argv)
 
     from sqlalchemy import select

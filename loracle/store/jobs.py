@@ -95,8 +95,18 @@ def add_event(
     message: str = "",
     data: dict[str, Any] | None = None,
     level: str = "info",
+    created_at: datetime | None = None,
 ) -> EventRow:
-    row = EventRow(job_id=job_id, type=type, message=message, data=data or {}, level=level)
+    """Add an event; ``created_at`` is when it happened (default: now), for writers
+    that commit events some time after they happen."""
+    row = EventRow(
+        job_id=job_id,
+        type=type,
+        message=message,
+        data=data or {},
+        level=level,
+        created_at=created_at or now(),
+    )
     s.add(row)
     s.flush()
     return row

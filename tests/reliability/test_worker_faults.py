@@ -118,7 +118,8 @@ def test_second_delivery_does_not_train_twice(
     try:
         service.start_worker()
         service.start_worker()
-        job = _submit(service, tiny_model, train_file, max_steps=80, checkpoint_steps=None)
+        # Long enough (several seconds) for the sweep to restore the message mid-job.
+        job = _submit(service, tiny_model, train_file, max_steps=300, checkpoint_steps=None)
         done = service.wait(job["id"], timeout=300)
         assert done["status"] == "succeeded" and done["attempts"] == 1, service.log_tail()
         events = service.events(job["id"])
@@ -127,7 +128,7 @@ def test_second_delivery_does_not_train_twice(
         assert duplicates, f"no redelivery happened: {_types(events)}\n{service.log_tail()}"
         assert all(d["data"]["lease_owner"] == done["worker"] for d in duplicates)
         steps = [e["data"]["step"] for e in events if e["type"] == "metrics"]
-        assert steps == list(range(1, 81)), "one process, one pass over the steps"
+        assert steps == list(range(1, 301)), "one process, one pass over the steps"
     finally:
         service.stop()
 
