@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["advice", "training", "evidence"]
+BENCHMARKS = ["advice", "training", "trace_speed", "evidence"]
 
 
 def main() -> None:

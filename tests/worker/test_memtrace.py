@@ -12,7 +12,6 @@ run picks.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -213,12 +212,10 @@ def test_transformers_mask_branch_needs_the_patch_and_the_patch_answers_right():
     assert masking._ignore_causal_mask_sdpa.__name__ == "_ignore_causal_mask_sdpa"
 
 
-def test_seven_billion_model_traces_in_under_15_seconds():
+def test_seven_billion_model_traces_on_the_cpu():
+    # How long it takes is bench/trace_speed.py's to report (docs/memory.md), not a test's.
     config = find_model("meta-llama/Llama-2-7b-hf").config
-    started = time.perf_counter()
     result = trace_memory(config, TrainingSettings(seq_len=2048), Combination("lora"))
-    elapsed = time.perf_counter() - started
-    assert elapsed < 15, elapsed
     # bf16 weights of 6.74B parameters are 12.55 GiB; the step needs more.
     assert 13 * 2**30 < result.peak_bytes < 16 * 2**30
 
