@@ -10,6 +10,7 @@ single tensor of a step). Everything here is plain arithmetic over the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -227,26 +228,118 @@ _REQUIRED = (
     "num_attention_heads",
     "vocab_size",
 )
+# Upper bounds on a config's sizes. The largest published dense models sit far below them
+# (Llama-3.1-405B: hidden_size 16384, intermediate_size 53248, 126 layers, 128 heads;
+# vocabularies of about 262k entries; contexts of 10M tokens): a value above one is a typo
+# or junk, and left unchecked it overflows the memory model's floating-point arithmetic.
+LIMITS = {
+    "hidden_size": 1 << 20,
+    "intermediate_size": 1 << 22,
+    "num_hidden_layers": 1 << 14,
+    "num_attention_heads": 1 << 14,
+    "num_key_value_heads": 1 << 14,
+    "head_dim": 1 << 16,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 40,
+}
 
 
-def _positive_int(
-    cfg: Mapping[str, Any], key: str, problems: list[Problem], where: str
+def _show(value: Any) -> str:
+    """A short rendering of a config value for a message (repr cannot print integers of
+    more than 4300 digits, and a long list should not fill the answer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int_field(
+    cfg: Mapping[str, Any],
+    key: str,
+    problems: list[Problem],
+    where: str,
+    required: bool = True,
 ) -> int | None:
+    """A positive integer no larger than ``LIMITS[key]``; None (and a problem) otherwise, or
+    None without a problem when an optional key is absent or null."""
     value = cfg.get(key)
+    field = f"{where}.{key}"
     if value is None:
-        problems.append(
-            Problem(
-                f"{where}.{key}",
-                f"is missing; a causal-LM config.json needs '{key}' (a positive integer)",
+        if required:
+            problems.append(
+                Problem(
+                    field,
+                    f"is missing; a causal-LM config.json needs '{key}' (a positive integer)",
+                )
             )
-        )
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         problems.append(
-            Problem(f"{where}.{key}", f"must be a positive integer, got {value!r}", value)
+            Problem(
+                field,
+                f"must be a positive integer (a JSON number without a fraction), got "
+                f"{_show(value)}",
+                value,
+            )
+        )
+        return None
+    limit = LIMITS[key]
+    if value > limit:
+        problems.append(
+            Problem(
+                field,
+                f"is {_show(value)}, above the {limit:,} this advisor accepts and far beyond "
+                "any published model; check the config.json",
+                value,
+            )
         )
         return None
     return value
+
+
+def _bool_field(
+    cfg: Mapping[str, Any], key: str, default: bool, problems: list[Problem], where: str
+) -> bool:
+    """A JSON boolean; absent or null means ``default``. A string such as "yes" is refused,
+    not read as true: transformers would not read it so either."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        problems.append(
+            Problem(
+                f"{where}.{key}",
+                f"must be true or false (a JSON boolean), got {_show(value)}; write it "
+                "without quotes, or remove it for the default",
+                value,
+            )
+        )
+        return default
+    return value
+
+
+def _softcap_field(
+    cfg: Mapping[str, Any], key: str, problems: list[Problem], where: str
+) -> float | None:
+    """Gemma-2's logit soft-capping: a positive number, or absent/null for none."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        problems.append(
+            Problem(
+                f"{where}.{key}",
+                f"must be a positive number (such as 30.0) or null, got {_show(value)}",
+                value,
+            )
+        )
+        return None
+    return float(value)
 
 
 def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Architecture:
@@ -266,7 +359,17 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
         where = f"{where}.text_config"
 
     problems: list[Problem] = []
-    model_type = str(cfg.get("model_type") or "llama")
+    raw_type = cfg.get("model_type")
+    if raw_type is not None and not isinstance(raw_type, str):
+        problems.append(
+            Problem(
+                f"{where}.model_type",
+                f"must be a string such as 'llama' or 'qwen2', got {_show(raw_type)}",
+                raw_type,
+            )
+        )
+        raw_type = None
+    model_type = raw_type or "llama"
     if cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts"):
         problems.append(
             Problem(
@@ -275,16 +378,13 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
                 "choose a dense model",
             )
         )
-    values = {key: _positive_int(cfg, key, problems, where) for key in _REQUIRED}
+    values = {key: _int_field(cfg, key, problems, where) for key in _REQUIRED}
     heads = values["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads")
-    if kv is None:
+    kv: int | None
+    if cfg.get("num_key_value_heads") is None:
         kv = heads
-    elif isinstance(kv, bool) or not isinstance(kv, int) or kv <= 0:
-        problems.append(
-            Problem(f"{where}.num_key_value_heads", f"must be a positive integer, got {kv!r}", kv)
-        )
-        kv = None
+    else:
+        kv = _int_field(cfg, "num_key_value_heads", problems, where)
     if heads and kv and heads % kv:
         problems.append(
             Problem(
@@ -294,28 +394,32 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
                 kv,
             )
         )
-    head_dim = cfg.get("head_dim")
     hidden = values["hidden_size"]
-    if head_dim is None and hidden and heads:
-        if hidden % heads:
-            problems.append(
-                Problem(
-                    f"{where}.head_dim",
-                    f"is missing and hidden_size={hidden} is not a multiple of "
-                    f"num_attention_heads={heads}; give head_dim explicitly",
+    head_dim: int | None
+    if cfg.get("head_dim") is None:
+        head_dim = None
+        if hidden and heads:
+            if hidden % heads:
+                problems.append(
+                    Problem(
+                        f"{where}.head_dim",
+                        f"is missing and hidden_size={hidden} is not a multiple of "
+                        f"num_attention_heads={heads}; give head_dim explicitly",
+                    )
                 )
-            )
-        head_dim = hidden // heads
-    elif head_dim is not None and (
-        isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0
-    ):
-        problems.append(
-            Problem(f"{where}.head_dim", f"must be a positive integer, got {head_dim!r}", head_dim)
-        )
+            head_dim = hidden // heads or None
+    else:
+        head_dim = _int_field(cfg, "head_dim", problems, where)
+    max_positions = _int_field(cfg, "max_position_embeddings", problems, where, required=False)
+    tie_default = model_type in _TIED_BY_DEFAULT
+    tie = _bool_field(cfg, "tie_word_embeddings", tie_default, problems, where)
+    attention_bias = _bool_field(cfg, "attention_bias", False, problems, where)
+    mlp_bias = _bool_field(cfg, "mlp_bias", False, problems, where)
+    attn_cap = _softcap_field(cfg, "attn_logit_softcapping", problems, where)
+    final_cap = _softcap_field(cfg, "final_logit_softcapping", problems, where)
     if problems:
         raise InvalidInput(problems)
 
-    tie_default = model_type in _TIED_BY_DEFAULT
     notes: list[str] = []
     if model_type in _EAGER_ATTENTION_FAMILIES:
         notes.append(
@@ -337,16 +441,16 @@ def from_hf_config(cfg: Mapping[str, Any], where: str = "model.config") -> Archi
         num_key_value_heads=kv,
         head_dim=head_dim,
         vocab_size=values["vocab_size"] or 0,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
-        attention_bias=bool(cfg.get("attention_bias", False)),
+        tie_word_embeddings=tie,
+        attention_bias=attention_bias,
         qkv_bias=model_type in _QKV_BIAS_FAMILIES,
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_bias=mlp_bias,
         norms_per_layer=4 if model_type in _FOUR_NORM_FAMILIES else 2,
         qk_norm=model_type in _QK_NORM_FAMILIES,
         fused=model_type in _FUSED_FAMILIES,
-        attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
-        final_logit_softcapping=cfg.get("final_logit_softcapping"),
-        max_position_embeddings=cfg.get("max_position_embeddings"),
+        attn_logit_softcapping=attn_cap,
+        final_logit_softcapping=final_cap,
+        max_position_embeddings=max_positions,
         attention="eager" if model_type in _EAGER_ATTENTION_FAMILIES else "sdpa",
         notes=tuple(notes),
     )

@@ -15,7 +15,7 @@ from importlib import resources
 
 from advisor.catalog.models import find_model
 from advisor.memory import estimate, weights_only_bytes
-from advisor.profile import TrainingSettings
+from advisor.profile import TargetModules, TrainingSettings
 from advisor.variants import Combination
 
 TOLERANCE = 0.15
@@ -87,7 +87,7 @@ def published_rows() -> tuple[Row, ...]:
     return tuple(rows)
 
 
-def _targets(text: str) -> str | list[str]:
+def _targets(text: str) -> TargetModules:
     return "all-linear" if text in ("all linear", "") else text.split()
 
 

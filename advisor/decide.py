@@ -83,8 +83,10 @@ def resolve_model(ref: ModelRef) -> tuple[str, Architecture]:
         return entry.id, entry.architecture
     assert ref.config is not None
     arch = from_hf_config(ref.config)
-    name = ref.config.get("_name_or_path") or f"custom {arch.model_type}"
-    return str(name), arch
+    name = ref.config.get("_name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        name = f"custom {arch.model_type}"
+    return name, arch
 
 
 def effective_training(

@@ -8,6 +8,7 @@ the bad value and the fix.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,8 +21,38 @@ VariantName = Literal["lora", "qlora", "dora", "loraplus"]
 VARIANT_NAMES: tuple[VariantName, ...] = ("lora", "qlora", "dora", "loraplus")
 
 
+def non_finite_paths(value: Any, limit: int = 4) -> list[str]:
+    """Dotted paths (``rope_scaling.factor``, ``layers[3]``) of the NaN and infinite floats
+    inside a JSON value, at most ``limit``. Iterative: a deeply nested body cannot exhaust
+    the interpreter's stack here."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack and len(found) < limit:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            found.append(path or "the top level")
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+    return sorted(found)
+
+
+# The most micro batches per optimizer step a request may ask for (and a remedy may suggest).
+MAX_GRADIENT_ACCUMULATION = 65536
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every request model: unknown fields, wrong JSON types and non-finite numbers
+    are refused rather than coerced.
+
+    ``strict``: an integer field takes only a JSON integer (not ``true``, ``"2048"`` or
+    ``2048.0``), a boolean only ``true``/``false`` (not ``"yes"`` or ``1``); a float field
+    still takes a JSON integer. ``allow_inf_nan=False``: ``NaN`` and ``Infinity``, which
+    Python's and pydantic's JSON parsers accept though JSON has neither, are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Hardware(_Strict):
@@ -73,6 +104,20 @@ class ModelRef(_Strict):
         "(Llama, Mistral, Qwen2/3, Gemma/Gemma-2, Phi-3 families and Llama-like others).",
     )
 
+    @field_validator("config")
+    @classmethod
+    def _finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked here, before anything serialises the request: pydantic writes NaN as
+        # null, which would turn a bad number into a misleading "is missing".
+        bad = non_finite_paths(value) if value is not None else []
+        if bad:
+            where = ", ".join(bad[:3]) + (" and more" if len(bad) > 3 else "")
+            raise ValueError(
+                f"holds NaN or Infinity at {where}; JSON numbers must be finite: give the "
+                "number from the model's config.json, or remove the key"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_of(self) -> ModelRef:
         if (self.name is None) == (self.config is None):
@@ -104,7 +149,7 @@ class TrainingSettings(_Strict):
     gradient_accumulation_steps: int = Field(
         default=1,
         ge=1,
-        le=65536,
+        le=MAX_GRADIENT_ACCUMULATION,
         description="Micro batches per optimizer step. Costs no activation memory; gradients "
         "then live across micro batches.",
     )

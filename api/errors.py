@@ -8,7 +8,8 @@ HTTP errors into ``{"error", "detail", "problems"}`` with the right status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,14 +42,51 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _value(value: Any) -> Any:
-    """The offending value as JSON can carry it (raw bytes need not be UTF-8)."""
+# How much of an offending value an error answer echoes: enough to recognise it.
+_MAX_DEPTH = 8
+_MAX_ITEMS = 20
+_MAX_CHARS = 300
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as strict JSON can carry it, and small: non-finite floats (JSON has no NaN
+    or Infinity, and the response encoder refuses them) and integers too long to print
+    become strings; deep or long containers and long strings are cut."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        # str() refuses integers of more than 4300 digits (sys.int_info)
+        if value.bit_length() > 128:
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_CHARS else value[:_MAX_CHARS] + "..."
     if isinstance(value, bytes | bytearray):
-        return bytes(value[:300]).decode("utf-8", errors="replace")
+        return bytes(value[:_MAX_CHARS]).decode("utf-8", errors="replace")
+    if depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {str(k)[:_MAX_CHARS]: _json_safe(v, depth + 1) for k, v in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            out["..."] = f"{len(items) - _MAX_ITEMS} more keys"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        head = [_json_safe(v, depth + 1) for v in seq[:_MAX_ITEMS]]
+        return head + ([f"... {len(seq) - _MAX_ITEMS} more"] if len(seq) > _MAX_ITEMS else [])
     try:
-        return jsonable_encoder(value)
-    except (TypeError, ValueError):
-        return repr(value)[:300]
+        return _json_safe(jsonable_encoder(value), depth + 1)
+    except (TypeError, ValueError, RecursionError):
+        return object.__repr__(value)
+
+
+def _value(value: Any) -> Any:
+    """The offending value as JSON can carry it (raw bytes need not be UTF-8; NaN becomes
+    the string 'nan')."""
+    return _json_safe(value)
 
 
 def _body(error: str, detail: str, problems: Iterable[Problem] = ()) -> dict[str, Any]:
@@ -80,6 +118,17 @@ def _field(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+# pydantic's words for a wrong JSON type, said as the fix. The request models are strict
+# (advisor.profile._Strict): nothing is coerced, so the type itself is the fix.
+_TYPE_FIXES = {
+    "int_type": "must be a JSON integer such as 2048: no quotes, no fraction, not true/false",
+    "bool_type": "must be true or false, a JSON boolean without quotes",
+    "float_type": "must be a JSON number such as 24 or 23.6, without quotes",
+    "string_type": "must be a JSON string, in quotes",
+    "finite_number": "must be a finite number; JSON has no NaN or Infinity",
+}
+
+
 def _problem(err: dict[str, Any]) -> Problem:
     kind = err.get("type", "")
     msg = str(err.get("msg", "is invalid"))
@@ -96,9 +145,10 @@ def _problem(err: dict[str, Any]) -> Problem:
         ctx = err.get("ctx") or {}
         msg = f"is not valid JSON ({ctx.get('error', 'parse error')}); send a JSON object"
     else:
-        msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
+        msg = _TYPE_FIXES.get(kind) or (f"{msg[0].lower()}{msg[1:]}" if msg else msg)
         if value is not None and kind not in ("model_type", "dict_type"):
-            msg = f"{msg} (got {_value(value)!r})"
+            shown = repr(_value(value))
+            msg = f"{msg} (got {shown if len(shown) <= 120 else shown[:117] + '...'})"
     return Problem(field, msg, value if kind not in ("missing",) else None)
 
 

@@ -44,9 +44,18 @@ def _model_ref(model: str) -> dict[str, Any]:
             )
     if path.is_file():
         try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            # ValueError: broken JSON, bytes that are not UTF-8, an integer too long to read
             raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--model") from exc
+        if not isinstance(config, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+            raise typer.BadParameter(
+                f"{path} holds {kind.get(type(config), 'a number')}, not a JSON object; a "
+                "model's config.json is an object of its architecture fields, such as "
+                '{"model_type": "llama", "hidden_size": 4096, ...}',
+                param_hint="--model",
+            )
         config.setdefault("_name_or_path", str(Path(model)))
         return {"config": config}
     return {"name": model}

@@ -32,7 +32,8 @@ CACHE_SIZE = 4096  # about 5 KB an answer: 20 MB at most
 
 
 def _dumps(answer: dict[str, object]) -> bytes:
-    return json.dumps(answer, separators=(",", ":")).encode()
+    # allow_nan=False: a NaN in an answer is a bug to see, never invalid JSON to send.
+    return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
 
 
 @lru_cache(maxsize=CACHE_SIZE)

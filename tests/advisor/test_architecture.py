@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from advisor.architecture import from_hf_config
+from advisor.architecture import LIMITS, from_hf_config
 from advisor.catalog.models import find_model, models
 from advisor.errors import InvalidInput
+from advisor.memory import estimate
+from advisor.profile import TrainingSettings
+from advisor.variants import Combination
 
 
 @pytest.mark.parametrize("entry", models(), ids=lambda m: m.id)
@@ -122,3 +127,71 @@ def test_unknown_target_module_names_the_known_ones():
     arch = find_model("meta-llama/Llama-2-7b-hf").architecture
     with pytest.raises(InvalidInput, match="q_proj"):
         arch.lora_params(8, ["query"])
+
+
+@pytest.mark.parametrize(
+    "key,value,fix",
+    [
+        ("max_position_embeddings", "a", "positive integer"),
+        ("max_position_embeddings", 4096.5, "positive integer"),
+        ("max_position_embeddings", True, "positive integer"),
+        ("num_hidden_layers", 10**400, "above the 16,384"),
+        ("vocab_size", 10**400, "above the 16,777,216"),
+        ("hidden_size", 10**5000, "an integer of about 5001 digits"),
+        ("head_dim", 0, "positive integer"),
+        ("num_key_value_heads", "2", "positive integer"),
+        ("tie_word_embeddings", "yes", "true or false"),
+        ("tie_word_embeddings", 1, "true or false"),
+        ("attention_bias", "false", "true or false"),
+        ("mlp_bias", [], "true or false"),
+        ("attn_logit_softcapping", "x", "positive number"),
+        ("final_logit_softcapping", -30.0, "positive number"),
+        ("final_logit_softcapping", math.inf, "positive number"),
+        ("model_type", 7, "must be a string"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_bad_config_values_name_the_field_and_the_fix(key, value, fix):
+    with pytest.raises(InvalidInput) as info:
+        from_hf_config(llama_config(**{key: value}))
+    (problem,) = info.value.problems
+    assert problem.field == f"model.config.{key}"
+    assert fix in problem.message
+    assert len(problem.message) < 300  # a huge value is described, not printed
+
+
+def test_real_config_json_values_are_accepted():
+    """What Hugging Face config.json files really hold: JSON booleans, nulls for unset
+    options, floats for soft-capping, extra keys of every type."""
+    arch = from_hf_config(
+        llama_config(
+            model_type="gemma2",
+            head_dim=None,
+            tie_word_embeddings=None,  # null: the family's default (tied)
+            attention_bias=False,
+            mlp_bias=None,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30,
+            max_position_embeddings=8192,
+            rope_scaling={"factor": 8.0, "rope_type": "llama3"},
+            rope_theta=10000.0,
+            architectures=["Gemma2ForCausalLM"],
+            torch_dtype="bfloat16",
+            use_cache=True,
+        )
+    )
+    assert arch.tie_word_embeddings is True and arch.head_dim == 256 // 8
+    assert (arch.attn_logit_softcapping, arch.final_logit_softcapping) == (50.0, 30.0)
+    assert arch.max_position_embeddings == 8192
+
+
+def test_largest_accepted_sizes_give_a_finite_estimate():
+    """The limits are there so the arithmetic cannot overflow: at every limit at once the
+    memory model still answers with finite numbers."""
+    cfg = {key: LIMITS[key] for key in LIMITS if key not in ("head_dim",)}
+    cfg["num_key_value_heads"] = cfg["num_attention_heads"]
+    arch = from_hf_config({"model_type": "gemma2", **cfg, "head_dim": LIMITS["head_dim"]})
+    training = TrainingSettings(seq_len=1_048_576, micro_batch_size=4096, lora_rank=4096)
+    for combo in (Combination("lora"), Combination("qlora", ("dora",))):
+        e = estimate(arch, training, combo)
+        assert math.isfinite(e.total_bytes) and e.total_bytes > 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
 from pathlib import Path
 
@@ -138,48 +140,373 @@ def test_unknown_route_is_404_in_the_error_shape(client):
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
+QWEN_CONFIG = {
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+}
+LLAMA = '"model": {"name": "meta-llama/Llama-2-7b-hf"}'
+QWEN = '"model": {"config": ' + json.dumps(QWEN_CONFIG)[:-1] + ', "rope_theta": NaN}}'
+
+
+def _post_raw(client, endpoint, text):
+    return client.post(
+        f"/v1/{endpoint}", content=text.encode(), headers={"content-type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["recommendations", "estimates"])
+@pytest.mark.parametrize(
+    "text,field,fix",
+    [
+        (
+            '{"hardware": {"gpu_memory_gib": NaN}, ' + LLAMA + "}",
+            "hardware.gpu_memory_gib",
+            "no NaN or Infinity",
+        ),
+        (
+            '{"hardware": {"gpu_memory_gib": Infinity}, ' + LLAMA + "}",
+            "hardware.gpu_memory_gib",
+            "no NaN or Infinity",
+        ),
+        (
+            '{"hardware": {"gpu": "t4"}, ' + LLAMA + ', "training": {"seq_len": -Infinity}}',
+            "training.seq_len",
+            "JSON integer",
+        ),
+        (
+            '{"hardware": {"gpu": "t4"}, ' + QWEN + "}",
+            "model.config",
+            "NaN or Infinity at rope_theta",
+        ),
+    ],
+)
+def test_nan_and_infinity_are_422_naming_the_field(client, endpoint, text, field, fix):
+    r = _post_raw(client, endpoint, text)
+    assert r.status_code == 422, r.text
+    err = _strict_json(r)  # the offending value is reported, as a string
+    hits = [p for p in err["problems"] if p["field"] == field]
+    assert hits, err
+    assert fix in hits[0]["message"], hits[0]["message"]
+    assert isinstance(hits[0]["value"], str | dict)
+
+
+@pytest.mark.parametrize("endpoint", ["recommendations", "estimates"])
+@pytest.mark.parametrize(
+    "key,value,fix",
+    [
+        ("max_position_embeddings", "a", "positive integer"),
+        ("num_hidden_layers", 10**400, "above the 16,384"),
+        ("vocab_size", 10**400, "above the 16,777,216"),
+        ("tie_word_embeddings", "yes", "true or false"),
+        ("attention_bias", 1, "true or false"),
+        ("final_logit_softcapping", "high", "positive number"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_bad_model_config_values_are_422_naming_the_field(client, endpoint, key, value, fix):
+    body = {"hardware": {"gpu": "t4"}, "model": {"config": {**QWEN_CONFIG, key: value}}}
+    r = client.post(f"/v1/{endpoint}", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = _strict_json(r)["problems"]
+    assert problem["field"] == f"model.config.{key}"
+    assert fix in problem["message"]
+
+
+@pytest.mark.parametrize(
+    "endpoint,section,key,value,fix",
+    [
+        ("recommendations", "training", "seq_len", True, "JSON integer"),
+        ("estimates", "training", "seq_len", True, "JSON integer"),
+        ("recommendations", "training", "lora_rank", "16", "JSON integer"),
+        ("estimates", "training", "micro_batch_size", 2.0, "JSON integer"),
+        ("recommendations", "hardware", "gpu_count", 2.5, "JSON integer"),
+        ("recommendations", "training", "gradient_checkpointing", "yes", "true or false"),
+        ("estimates", "training", "gradient_checkpointing", 1, "true or false"),
+        ("recommendations", "goal", "lora_quality_gap", "true", "true or false"),
+        ("recommendations", "hardware", "gpu_memory_gib", "24", "JSON number"),
+    ],
+)
+def test_wrong_json_types_are_not_coerced(client, endpoint, section, key, value, fix):
+    body = {"hardware": {"gpu": "t4"}, "model": {"name": "meta-llama/Llama-2-7b-hf"}}
+    body[section] = {**body.get(section, {}), key: value}
+    r = client.post(f"/v1/{endpoint}", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == f"{section}.{key}"
+    assert fix in problem["message"] and f"(got {value!r})" in problem["message"]
+
+
+def test_a_config_json_as_the_hub_writes_it_is_accepted(client):
+    """Real config.json files hold JSON booleans, nulls, floats and keys the advisor does
+    not read: strictness must not refuse any of them."""
+    cfg = {
+        **QWEN_CONFIG,
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "_name_or_path": "Qwen/Qwen2.5-0.5B",
+    }
+    for endpoint in ("recommendations", "estimates"):
+        r = client.post(
+            f"/v1/{endpoint}", json={"hardware": {"gpu": "t4"}, "model": {"config": cfg}}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["model"]["name"] == "Qwen/Qwen2.5-0.5B"
+        assert r.json()["model"]["total_params"] == 494032768
+
+
 _app_client = client_for(settings_for(Path(tempfile.mkdtemp(prefix="loracle-advice-"))))
 
-profiles = st.fixed_dictionaries(
-    {
-        "hardware": st.one_of(
-            st.fixed_dictionaries(
-                {"gpu": st.sampled_from([g.id for g in GPUS]), "gpu_count": st.integers(1, 8)}
-            ),
-            st.fixed_dictionaries({"gpu_memory_gib": st.floats(0.5, 400)}),
-        ),
-        "model": st.fixed_dictionaries({"name": st.sampled_from([m.id for m in models()])}),
-        "training": st.fixed_dictionaries(
-            {},
-            optional={
-                "seq_len": st.integers(1, 200_000),
-                "micro_batch_size": st.integers(1, 64),
-                "gradient_accumulation_steps": st.integers(1, 64),
-                "gradient_checkpointing": st.booleans(),
-                "lora_rank": st.integers(1, 1024),
-                "target_modules": st.sampled_from(["all-linear", ["o_proj"], ["down_proj"]]),
-                "optimizer": st.sampled_from(["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"]),
-                "precision": st.sampled_from(["bf16", "fp16", "fp32"]),
-            },
-        ),
-        "goal": st.fixed_dictionaries(
-            {
-                "priority": st.sampled_from(["memory", "quality", "speed", "none"]),
-                "lora_quality_gap": st.booleans(),
-            }
-        ),
+# -- properties: every valid request is answered, no request gets a 5xx --------------------
+
+FAMILY_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["o_proj"],
+    "qwen2": ["k_proj", "down_proj"],
+    "gemma2": ["gate_proj", "up_proj"],
+    "phi3": ["qkv_proj", "gate_up_proj"],
+}
+
+
+@st.composite
+def hf_configs(draw):
+    """A causal-LM config.json of one of the families the advisor models, with random but
+    valid sizes, written as the Hub writes them (JSON booleans, nulls, extra keys)."""
+    family = draw(st.sampled_from(sorted(FAMILY_TARGETS)))
+    kv = draw(st.integers(1, 16))
+    heads = kv * draw(st.integers(1, 8))
+    head_dim = draw(st.sampled_from([16, 32, 64, 80, 96, 128, 256]))
+    cfg = {
+        "model_type": family,
+        "architectures": [f"{family.capitalize()}ForCausalLM"],
+        "hidden_size": heads * head_dim,
+        "intermediate_size": draw(st.integers(8, 65536)),
+        "num_hidden_layers": draw(st.integers(1, 128)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": draw(st.integers(1, 262144)),
+        "rms_norm_eps": 1e-6,
+        "rope_theta": draw(st.sampled_from([10000.0, 500000.0, 1000000])),
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
     }
+    if family == "gemma2":
+        # Gemma-2's head_dim is its own (256 with hidden_size 2304), and it soft-caps
+        cfg["head_dim"] = draw(st.sampled_from([128, 256]))
+        cfg["attn_logit_softcapping"] = 50.0
+        cfg["final_logit_softcapping"] = 30.0
+    optional = {
+        "tie_word_embeddings": st.one_of(st.booleans(), st.none()),
+        "max_position_embeddings": st.integers(128, 131072),
+        "attention_bias": st.booleans(),
+        "mlp_bias": st.just(False),
+        "rope_scaling": st.one_of(st.none(), st.just({"type": "linear", "factor": 2.0})),
+        "_name_or_path": st.text(min_size=1, max_size=30),
+    }
+    if family != "gemma2":
+        optional["head_dim"] = st.just(head_dim)
+    for key, values in optional.items():
+        if key not in cfg and draw(st.booleans()):
+            cfg[key] = draw(values)
+    return cfg
+
+
+models_ = st.one_of(
+    st.fixed_dictionaries({"name": st.sampled_from([m.id for m in models()])}),
+    st.fixed_dictionaries({"config": hf_configs()}),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(profile=profiles)
-def test_no_valid_request_gets_a_500(profile):
-    r = _app_client.post("/v1/recommendations", json=profile)
-    assert r.status_code in (200, 422), r.text
-    if r.status_code == 200:
-        body = r.json()
-        assert body["variant"] in ("lora", "qlora", "dora", "loraplus")
-        total, card = body["estimate"]["total_gib"], body["hardware"]["memory_gib"]
+def _targets(model):
+    family = model["config"]["model_type"] if "config" in model else None
+    names = FAMILY_TARGETS[family] if family else ["o_proj", "down_proj"]
+    return st.one_of(
+        st.just("all-linear"),
+        st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True),
+    )
+
+
+hardware_ = st.one_of(
+    st.fixed_dictionaries(
+        {"gpu": st.sampled_from([g.id for g in GPUS]), "gpu_count": st.integers(1, 8)}
+    ),
+    st.fixed_dictionaries(
+        {"gpu_memory_gib": st.floats(0.5, 400)}, optional={"gpu_count": st.integers(1, 64)}
+    ),
+)
+
+
+def _training(model):
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "seq_len": st.integers(1, 200_000),
+            "micro_batch_size": st.integers(1, 64),
+            "gradient_accumulation_steps": st.integers(1, 64),
+            "gradient_checkpointing": st.booleans(),
+            "lora_rank": st.integers(1, 1024),
+            "target_modules": _targets(model),
+            "optimizer": st.sampled_from(["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"]),
+            "precision": st.sampled_from(["bf16", "fp16", "fp32"]),
+        },
+    )
+
+
+@st.composite
+def profiles(draw):
+    model = draw(models_)
+    return {
+        "hardware": draw(hardware_),
+        "model": model,
+        "training": draw(_training(model)),
+        "goal": draw(
+            st.fixed_dictionaries(
+                {
+                    "priority": st.sampled_from(["memory", "quality", "speed", "none"]),
+                    "lora_quality_gap": st.booleans(),
+                }
+            )
+        ),
+    }
+
+
+@st.composite
+def estimate_requests(draw):
+    model = draw(models_)
+    variant = draw(st.sampled_from(["lora", "qlora", "dora", "loraplus"]))
+    others = [v for v in ("qlora", "dora", "loraplus") if v != variant]
+    body = {
+        "model": model,
+        "training": draw(_training(model)),
+        "variant": variant,
+        "combine_with": draw(st.lists(st.sampled_from(others), unique=True)),
+    }
+    if draw(st.booleans()):
+        body["hardware"] = draw(hardware_)
+    return body
+
+
+def _strict_json(response):
+    """The answer parsed as strict JSON: NaN or Infinity in it is a failure."""
+
+    def refuse(token):
+        raise AssertionError(f"{token} in the answer: {response.text[:300]}")
+
+    return json.loads(response.text, parse_constant=refuse)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.one_of(
+        profiles().map(lambda b: ("recommendations", b)),
+        estimate_requests().map(lambda b: ("estimates", b)),
+    )
+)
+def test_every_valid_request_is_answered(body):
+    endpoint, request = body
+    r = _app_client.post(f"/v1/{endpoint}", json=request)
+    assert r.status_code == 200, r.text
+    answer = _strict_json(r)
+    if endpoint == "recommendations":
+        assert answer["variant"] in ("lora", "qlora", "dora", "loraplus")
+        total, card = answer["estimate"]["total_gib"], answer["hardware"]["memory_gib"]
         # figures are rounded to 3 decimals: compare with that tolerance
-        assert (total <= card + 5e-4) if body["fits"] else (total >= card - 5e-4)
+        assert (total <= card + 5e-4) if answer["fits"] else (total >= card - 5e-4)
+        for remedy in answer["remedies"]:
+            assert remedy["estimate"]["total_gib"] <= card + 5e-4
+    else:
+        assert answer["variant"] == request["variant"]
+        assert answer["total_gib"] > answer["peak_allocated_gib"] >= 0
+        assert (answer["fits"] is None) == ("hardware" not in request)
+
+
+# Junk: any JSON value, including what JSON itself forbids but parsers accept (NaN,
+# Infinity), integers beyond any machine word, and deep or odd containers.
+junk = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**30), 2**63, 0, -1])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+VALID_RECOMMENDATION = {
+    "hardware": {"gpu": "rtx-4090", "gpu_count": 1},
+    "model": {"config": QWEN_CONFIG},
+    "training": {"seq_len": 1024, "micro_batch_size": 2, "target_modules": ["q_proj"]},
+    "goal": {"priority": "quality", "lora_quality_gap": True},
+}
+VALID_ESTIMATE = {
+    "model": VALID_RECOMMENDATION["model"],
+    "training": VALID_RECOMMENDATION["training"],
+    "variant": "qlora",
+    "combine_with": ["dora"],
+    "hardware": {"gpu_memory_gib": 12.5},
+}
+
+
+def _paths(value, prefix=()):
+    """Every place in a body a value can be put: each existing key and item, and a new key
+    in each object."""
+    yield prefix
+    if isinstance(value, dict):
+        yield (*prefix, "unexpected_key")
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _paths(item, (*prefix, i))
+
+
+def _put(body, path, value):
+    if not path:
+        return value
+    body = copy.deepcopy(body)
+    target = body
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return body
+
+
+JUNK_TARGETS = [
+    (endpoint, base, path)
+    for endpoint, base in (("recommendations", VALID_RECOMMENDATION), ("estimates", VALID_ESTIMATE))
+    for path in _paths(base)
+]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=st.sampled_from(JUNK_TARGETS), value=junk)
+def test_junk_anywhere_never_gets_a_5xx(target, value):
+    endpoint, base, path = target
+    # allow_nan: send NaN and Infinity as the bare tokens a careless client writes
+    text = json.dumps(_put(base, path, value), allow_nan=True)
+    r = _app_client.post(
+        f"/v1/{endpoint}", content=text.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code in (200, 422), r.text
+    answer = _strict_json(r)
+    if r.status_code == 422:
+        assert set(answer) == {"error", "detail", "problems"}
+        assert answer["problems"] and all(p["field"] and p["message"] for p in answer["problems"])

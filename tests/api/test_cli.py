@@ -98,3 +98,32 @@ def test_local_model_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     r = runner.invoke(app, ["estimate", "--model", str(tmp_path)])
     assert r.exit_code == 2 and "model.config.vocab_size" in r.output
+
+
+def test_config_json_that_is_not_an_object_is_a_clear_error(tmp_path):
+    """A config.json holding an array (or any non-object) is refused by name, with exit code 2
+    and no traceback."""
+    for content, kind in (("[1, 2]", "an array"), ('"llama"', "a string"), ("7", "a number")):
+        path = tmp_path / "config.json"
+        path.write_text(content)
+        for command in ("advise", "estimate"):
+            r = runner.invoke(app, [command, "--model", str(path), "--gpu", "t4"])
+            assert r.exit_code == 2, r.output
+            assert isinstance(r.exception, SystemExit)  # a usage error, not a crash
+            assert f"holds {kind}, not a JSON object" in " ".join(r.output.split())
+
+
+def test_config_json_that_cannot_be_read_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "llama\xff"}')
+    r = runner.invoke(app, ["advise", "--model", str(tmp_path), "--gpu", "t4"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
+    assert "cannot read" in r.output
+
+
+def test_config_json_with_nan_names_the_key(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "hidden_size": float("nan")})
+    )
+    r = runner.invoke(app, ["estimate", "--model", str(tmp_path)])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
+    assert "model.config" in r.output and "hidden_size" in r.output
