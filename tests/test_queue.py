@@ -1,0 +1,102 @@
+"""The Celery settings that give loracle's queue guarantees (loracle/queue.py), the
+task's signature (a job id and nothing else), and which broker each environment gets."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from celery import Celery
+
+from loracle.queue import QUEUE, RUN_JOB, make_celery
+from loracle.settings import Settings, get_settings
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", broker_url=None)
+
+
+@pytest.fixture
+def tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """worker.tasks builds its app from the environment at import: give it a data dir of
+    its own (not ./data) and the embedded broker."""
+    monkeypatch.setenv("LORACLE_DATA_DIR", str(tmp_path / "worker-data"))
+    monkeypatch.delenv("LORACLE_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        yield importlib.import_module("worker.tasks")
+    finally:
+        get_settings.cache_clear()
+
+
+def test_json_only_late_acks_one_job_at_a_time(embedded: Settings) -> None:
+    conf = make_celery(embedded).conf
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
+    assert conf.result_serializer == "json"
+    assert conf.task_acks_late is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_reject_on_worker_lost is False
+    assert conf.task_default_queue == QUEUE
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+def test_the_task_takes_only_a_job_id(tasks: ModuleType) -> None:
+    app: Celery = tasks.app
+    task = app.tasks[RUN_JOB]
+    params = inspect.signature(task.run).parameters
+    assert list(params) == ["job_id"]
+    assert params["job_id"].annotation in (str, "str")
+    assert params["job_id"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert task.acks_late is True
+    assert app.conf.accept_content == ["json"] and app.conf.worker_prefetch_multiplier == 1
+
+
+def test_the_api_sends_a_json_message_holding_only_the_job_id(embedded: Settings) -> None:
+    from api.jobs.service import enqueue
+
+    app = make_celery(embedded)
+    assert enqueue(embedded, app, "job-0123456789abcdef01234567") is True
+    (message,) = (embedded.data_dir / "broker" / "queue").iterdir()
+    envelope = json.loads(message.read_text())
+    assert envelope["content-type"] == "application/json"
+    assert envelope["headers"]["task"] == RUN_JOB
+    assert envelope["properties"]["delivery_info"]["routing_key"] == QUEUE
+    args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+    assert args == ["job-0123456789abcdef01234567"] and kwargs == {}
+
+
+def test_no_broker_url_is_the_filesystem_transport_under_the_data_dir(
+    embedded: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # kombu's default control folder is ./control
+    app = make_celery(embedded)
+    assert app.conf.broker_url == "filesystem://"
+    assert app.connection_for_write().transport.driver_type == "filesystem"
+    broker = embedded.data_dir / "broker"
+    options = app.conf.broker_transport_options
+    assert options["data_folder_in"] == options["data_folder_out"] == str(broker / "queue")
+    assert options["processed_folder"] == str(broker / "processed")
+    assert options["control_folder"] == str(broker / "control")
+    for name in ("queue", "processed", "control"):
+        assert (broker / name).is_dir()
+    app.send_task(RUN_JOB, args=["job-x"])
+    assert len(list((broker / "queue").iterdir())) == 1
+    assert not (tmp_path / "control").exists()
+
+
+def test_a_broker_url_is_redis(tmp_path: Path) -> None:
+    url = "redis://127.0.0.1:6379/7"
+    settings = Settings(data_dir=tmp_path / "data", broker_url=url, broker_visibility_timeout_s=120)
+    app = make_celery(settings)
+    assert app.conf.broker_url == url
+    assert app.connection_for_write().transport.driver_type == "redis"
+    assert app.conf.broker_transport_options["visibility_timeout"] == 120
+    assert not (tmp_path / "data" / "broker").exists()
