@@ -4,14 +4,20 @@ what they trained."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
 from safetensors import safe_open
 
-from tests.utils.service import Service
+from tests.utils.service import (
+    Service,
+    assert_adapter_changes_logits,
+    assert_loss_fell,
+    download_artifacts,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,22 +55,7 @@ def finished(redis_service: Service, tiny_model: Path, datasets: dict[str, Path]
 
 
 def _adapter_dir(service: Service, job_id: str, tmp_path: Path) -> Path:
-    out = tmp_path / job_id
-    out.mkdir()
-    with service.client() as c:
-        names = [a["name"] for a in c.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]]
-        assert {
-            "adapter_config.json",
-            "adapter_model.safetensors",
-            "plan.json",
-            "metrics.json",
-            "loss.png",
-        } <= set(names)
-        for name in names:
-            r = c.get(f"/v1/jobs/{job_id}/artifacts/{name}")
-            assert r.status_code == 200
-            (out / name).write_bytes(r.content)
-    return out
+    return download_artifacts(service, job_id, tmp_path)
 
 
 def _started(service: Service, job_id: str) -> dict:
@@ -83,24 +74,50 @@ def test_job_trains_and_its_adapter_loads(
 
     adapter = _adapter_dir(redis_service, job["id"], tmp_path)
     metrics = json.loads((adapter / "metrics.json").read_text())
-    losses = [s["loss"] for s in metrics["losses"]]
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 2, 11]])
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    with torch.no_grad():
-        before = base(ids).logits
-    tuned = PeftModel.from_pretrained(base, adapter)
-    with torch.no_grad():
-        after = tuned(ids).logits
-    assert not torch.allclose(before, after, atol=1e-4)
+    assert_loss_fell([s["loss"] for s in metrics["losses"]])
+    assert_adapter_changes_logits(tiny_model, adapter)
 
     plan = json.loads((adapter / "plan.json").read_text())
     assert plan["plan"]["variant"] == job["variant"]
     assert {"torch", "transformers", "peft", "bitsandbytes"} <= set(plan["versions"])
+
+
+def _last_metrics(service: Service, job_id: str) -> dict[str, Any]:
+    return [e for e in service.events(job_id) if e["type"] == "metrics"][-1]["data"]
+
+
+@pytest.mark.parametrize("variant", list(CASES))
+def test_succeeded_job_reports_times_loss_speed_and_memory(
+    variant, finished, redis_service: Service
+):
+    job = finished[variant]
+    assert job["status"] == "succeeded", (job, redis_service.log_tail())
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+    last = _last_metrics(redis_service, job["id"])
+    assert last["step"] == job["total_steps"]
+    assert isinstance(job["loss"], float) and math.isfinite(job["loss"])
+    assert job["loss"] == last["loss"]
+    assert job["tokens_per_second"] > 0
+    assert job["eta_seconds"] == 0 and job["progress"] == 1
+    assert job["error"] is None
+    # the advisor's estimate beside the measured peak, both in GiB
+    assert job["estimated_peak_gib"] > 0
+    assert job["estimated_peak_gib"] == job["estimate"]["peak_allocated_gib"]
+    assert job["measured_peak_gib"] > 0
+    peak = job["measured_peak"]
+    assert (peak.get("allocated_bytes") or peak.get("rss_growth_bytes") or 0) > 0, peak
+
+
+def _assert_mid_run(job: dict[str, Any]) -> None:
+    assert job["status"] == "running", job
+    assert 0 < job["step"] < job["total_steps"]
+    assert 0 < job["progress"] < 1
+    assert job["progress"] == pytest.approx(job["step"] / job["total_steps"], abs=1e-4)
+    assert job["eta_seconds"] > 0
+    assert job["tokens_per_second"] > 0
+    assert math.isfinite(job["loss"])
+    assert job["started_at"] is not None and job["finished_at"] is None
+    assert job["created_at"] <= job["started_at"]
 
 
 def test_qlora_trained_on_4bit_layers(finished, redis_service: Service):
@@ -176,7 +193,11 @@ def test_cancel_a_running_job_then_the_worker_goes_on(
             "hyperparameters": {**FAST, "max_steps": 5000},
         }
     )
-    redis_service.wait(long["id"], until=lambda j: j["status"] == "running" and j["step"] >= 2)
+    running = redis_service.wait(
+        long["id"], until=lambda j: j["status"] == "running" and j["step"] >= 2
+    )
+    _assert_mid_run(running)
+    assert running["total_steps"] == 5000
     with redis_service.client() as c:
         r = c.post(f"/v1/jobs/{long['id']}/cancel")
         assert r.status_code == 200 and r.json()["cancel_requested"] is True
@@ -216,16 +237,21 @@ def test_cancel_a_queued_job_never_starts(
     assert job["status"] == "cancelled" and job["started_at"] is None
 
 
-def test_failing_job_ends_failed_and_the_worker_goes_on(
-    finished, redis_service: Service, tiny_model: Path, datasets: dict[str, Path]
-):
-    # A model whose weights file is cut short: it passes every check at submission
-    # (config.json, safetensors present, inside the roots) and breaks when loaded.
+def _broken_model(tiny_model: Path) -> Path:
+    """A model whose weights file is cut short: it passes every check at submission
+    (config.json, safetensors present, inside the roots) and breaks when loaded."""
     broken = tiny_model.parent / "broken-weights"
     if not broken.exists():
         shutil.copytree(tiny_model, broken)
         weights = broken / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:200])
+    return broken
+
+
+def test_failing_job_ends_failed_and_the_worker_goes_on(
+    finished, redis_service: Service, tiny_model: Path, datasets: dict[str, Path]
+):
+    broken = _broken_model(tiny_model)
     file_id = redis_service.upload(datasets["text"])["id"]
     bad = redis_service.submit(
         {"model": str(broken), "training_file": file_id, "variant": "lora", "hyperparameters": FAST}
@@ -248,6 +274,68 @@ def test_failing_job_ends_failed_and_the_worker_goes_on(
     assert redis_service.wait(good["id"])["status"] == "succeeded"
 
 
+def _all_jobs(service: Service, **params: str) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    with service.client() as c:
+        while True:
+            after = {"after": jobs[-1]["id"]} if jobs else {}
+            r = c.get("/v1/jobs", params={"limit": 100, **params, **after})
+            assert r.status_code == 200, r.text
+            jobs += r.json()["data"]
+            if not r.json()["has_more"]:
+                return jobs
+
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def test_status_filter_returns_exactly_the_jobs_in_each_state(
+    finished, redis_service: Service, tiny_model: Path, datasets: dict[str, Path]
+):
+    """One job in each state at once; each filter value lists those and no others."""
+    file_id = redis_service.upload(datasets["text"])["id"]
+    body = {"model": str(tiny_model), "training_file": file_id, "variant": "lora"}
+    mine = {"succeeded": finished["lora"]["id"]}
+    failed = redis_service.submit(
+        {**body, "model": str(_broken_model(tiny_model)), "hyperparameters": FAST}
+    )
+    assert redis_service.wait(failed["id"])["status"] == "failed"
+    mine["failed"] = failed["id"]
+    blocker = redis_service.submit({**body, "hyperparameters": {**FAST, "max_steps": 5000}})
+    short = {**body, "hyperparameters": {**FAST, "max_steps": 3}}
+    queued, cancelled = redis_service.submit(short), redis_service.submit(short)
+    try:
+        redis_service.wait(blocker["id"], until=lambda j: j["status"] == "running")
+        mine["running"], mine["queued"] = blocker["id"], queued["id"]
+        with redis_service.client() as c:
+            assert c.post(f"/v1/jobs/{cancelled['id']}/cancel").json()["status"] == "cancelled"
+        mine["cancelled"] = cancelled["id"]
+
+        everything = _all_jobs(redis_service)
+        by_status = {
+            status: {j["id"] for j in everything if j["status"] == status} for status in STATUSES
+        }
+        for status in STATUSES:
+            assert mine[status] in by_status[status], (status, by_status)
+        for status in STATUSES:
+            listed = _all_jobs(redis_service, status=status)
+            assert {j["status"] for j in listed} == {status}
+            assert {j["id"] for j in listed} == by_status[status], status
+        assert sum(len(ids) for ids in by_status.values()) == len(everything)
+
+        with redis_service.client() as c:
+            r = c.get("/v1/jobs", params={"status": "finished"})
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["problems"]
+        assert problem["field"] == "status" and "finished" in problem["message"]
+    finally:
+        with redis_service.client() as c:
+            for job in (queued, blocker):
+                c.post(f"/v1/jobs/{job['id']}/cancel")
+        redis_service.wait(blocker["id"])
+    assert redis_service.job(queued["id"])["started_at"] is None
+
+
 def test_malformed_file_is_422_with_the_line_number(redis_service: Service, tmp_path: Path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"text": 3}\nnot json\n')
@@ -268,11 +356,59 @@ def test_unknown_ids_404_and_missing_file_422(redis_service: Service, tiny_model
         assert c.get("/v1/jobs/job-nope").status_code == 404
         assert c.get("/v1/jobs/job-nope/events").status_code == 404
         assert c.post("/v1/jobs/job-nope/cancel").status_code == 404
+        for path in ("artifacts", "artifacts/adapter_config.json"):
+            r = c.get(f"/v1/jobs/job-nope/{path}")
+            assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
         r = c.post(
             "/v1/jobs",
             json={"model": str(tiny_model), "training_file": "file-nope", "variant": "lora"},
         )
         assert r.status_code == 422 and r.json()["problems"][0]["field"] == "training_file"
+
+
+def test_a_job_on_a_file_that_was_never_uploaded_is_422(
+    redis_service: Service, tiny_model: Path, datasets: dict[str, Path]
+):
+    real = redis_service.upload(datasets["text"])["id"]
+    unknown = "file-" + "0" * 24  # well-formed: the store, not the schema, must refuse it
+    body = {"model": str(tiny_model), "variant": "lora"}
+    with redis_service.client() as c:
+        before = len(_all_jobs(redis_service))
+        r = c.post("/v1/jobs", json={**body, "training_file": real, "validation_file": unknown})
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["problems"]
+        assert problem["field"] == "validation_file" and problem["value"] == unknown
+        assert "POST /v1/files" in problem["message"]
+        r = c.post("/v1/jobs", json={**body, "training_file": unknown, "validation_file": unknown})
+        assert r.status_code == 422, r.text
+        fields = [p["field"] for p in r.json()["problems"]]
+        assert fields == ["training_file", "validation_file"]  # all problems, at once
+        assert len(_all_jobs(redis_service)) == before  # nothing was stored
+        ok = c.post(
+            "/v1/jobs",
+            json={
+                **body,
+                "training_file": real,
+                "validation_file": real,
+                "hyperparameters": {**FAST, "max_steps": 2},
+            },
+        )
+        assert ok.status_code == 201, ok.text
+        c.post(f"/v1/jobs/{ok.json()['id']}/cancel")
+    assert redis_service.wait(ok.json()["id"])["status"] in ("cancelled", "succeeded")
+
+
+def test_cancelling_a_succeeded_job_is_409_and_leaves_it(finished, redis_service: Service):
+    job = finished["dora"]
+    with redis_service.client() as c:
+        r = c.post(f"/v1/jobs/{job['id']}/cancel")
+        assert r.status_code == 409 and r.json()["error"] == "conflict", r.text
+        assert "succeeded" in r.json()["detail"]
+        r = c.get(f"/v1/jobs/{job['id']}/artifacts/no-such-file.bin")
+        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+    after = redis_service.job(job["id"])
+    assert after["status"] == "succeeded" and after["cancel_requested"] is False
+    assert after["finished_at"] == job["finished_at"]
 
 
 def test_files_report_token_lengths_for_the_jobs_model(finished, redis_service: Service):

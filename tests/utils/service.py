@@ -22,6 +22,10 @@ from tests.utils.api import KEY_A, KEY_B
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# What every successful run leaves next to its adapter.
+ADAPTER_FILES = frozenset(
+    {"adapter_config.json", "adapter_model.safetensors", "plan.json", "metrics.json", "loss.png"}
+)
 
 
 def free_port() -> int:
@@ -184,3 +188,44 @@ def wait_for(
         time.sleep(0.3)
     tail = service.log_tail() if service else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
+
+
+# -- what a finished job left -------------------------------------------------------
+
+
+def download_artifacts(service: Service, job_id: str, dest: Path) -> Path:
+    """Every artifact of a job, downloaded over REST into ``dest/job_id``; checks that
+    the adapter's files are among them."""
+    out = dest / job_id
+    out.mkdir()
+    with service.client() as c:
+        names = [a["name"] for a in c.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]]
+        assert ADAPTER_FILES <= set(names), names
+        for name in names:
+            r = c.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+            assert r.status_code == 200, r.text
+            (out / name).write_bytes(r.content)
+    return out
+
+
+def assert_loss_fell(losses: list[float], window: int = 4) -> None:
+    """The mean of the last ``window`` step losses is below that of the first."""
+    assert len(losses) >= 2 * window, losses
+    assert sum(losses[-window:]) / window < sum(losses[:window]) / window, losses
+
+
+def assert_adapter_changes_logits(base_model: Path, adapter: Path) -> None:
+    """The adapter loads onto the base with ``PeftModel.from_pretrained`` and moves
+    its logits. (torch, transformers and peft are imported here, not with the module.)"""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 2, 11]])
+    base = AutoModelForCausalLM.from_pretrained(base_model)
+    with torch.no_grad():
+        before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, adapter)
+    with torch.no_grad():
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
