@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.service import Service
+from tests.utils.service import (
+    Service,
+    assert_adapter_changes_logits,
+    assert_loss_fell,
+    download_artifacts,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def test_embedded_broker_runs_a_job(
     tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
     model_root: Path,
     tiny_model: Path,
     datasets: dict[str, Path],
@@ -41,5 +47,8 @@ def test_embedded_broker_runs_a_job(
         with service.client() as c:
             metrics = json.loads(c.get(f"/v1/jobs/{job['id']}/artifacts/metrics.json").content)
         assert len(metrics["losses"]) == 12
+        assert_loss_fell([step["loss"] for step in metrics["losses"]])
+        adapter = download_artifacts(service, job["id"], tmp_path)
+        assert_adapter_changes_logits(tiny_model, adapter)
     finally:
         service.stop()
