@@ -387,7 +387,20 @@ def recommend(profile: Profile) -> dict[str, Any]:
     }
 
 
+# Published step-time figures, cited whether or not loracle has measured its own (those come
+# from advisor/data/evidence.json through advisor/evidence.py, in notes of their own).
+QLORA_STEP_TIME = (
+    "a 7B Llama 2 finetune took 2.79 h with QLoRA against 1.85 h with 16-bit LoRA "
+    "(S. Raschka, 'Practical Tips for Finetuning LLMs Using LoRA', Ahead of AI, 2023-11-19)"
+)
+DORA_STEP_TIME = (
+    "about 20% in its author's LLaMA-7B/13B finetunes "
+    "(github.com/huggingface/peft/pull/1474, 2024-02-29)"
+)
+
+
 def _tradeoff_notes(singles: dict[VariantName, MemoryEstimate], chosen: Combination) -> list[str]:
+    """One note per variant's trade-off, each with its figures and where they come from."""
     lora, qlora, dora = singles["lora"], singles["qlora"], singles["dora"]
     extra_params = dora.trainable_params - lora.trainable_params
     notes = [
@@ -395,12 +408,13 @@ def _tradeoff_notes(singles: dict[VariantName, MemoryEstimate], chosen: Combinat
         f"weight: weights {qlora.breakdown.weights / GIB:.1f} GiB instead of "
         f"{lora.breakdown.weights / GIB:.1f} GiB (Dettmers et al. 2023, arXiv:2305.14314, "
         "section 3); its steps are slower because bitsandbytes dequantizes every 4-bit "
-        "weight in the forward pass and again in backward",
+        f"weight in the forward pass and again in backward: {QLORA_STEP_TIME}",
         f"DoRA adds {extra_params:,} magnitude parameters "
         f"(+{100 * extra_params / max(lora.trainable_params, 1):.1f}% over LoRA's adapter) and "
-        f"needs {dora.total_gib - lora.total_gib:+.1f} GiB here; every step recomputes the norm of "
-        "each adapted weight, so it is slower than LoRA (Liu et al. 2024, arXiv:2402.09353; "
-        "peft docs: faster and leaner with lora_dropout 0, the default we give)",
+        f"needs {dora.total_gib - lora.total_gib:+.1f} GiB here (Liu et al. 2024, "
+        "arXiv:2402.09353); every step recomputes the norm of each adapted weight, so its "
+        f"steps are slower than LoRA's: {DORA_STEP_TIME}; peft docs: faster and leaner with "
+        "lora_dropout 0, the default we give",
         "LoRA+ is memory-neutral: the same tensors as LoRA "
         f"({_fmt(singles['loraplus'])}), only B's learning rate is 16x A's "
         "(Hayou et al. 2024, arXiv:2402.12354)",
@@ -408,8 +422,8 @@ def _tradeoff_notes(singles: dict[VariantName, MemoryEstimate], chosen: Combinat
     notes += measured_notes(chosen.variant, chosen.combine_with)
     if chosen.variant != "lora" or chosen.combine_with:
         notes.append(
-            "Start simple: if standard LoRA fits and meets the goal, it is the baseline to "
-            "beat (design document: 'start with the simple version')"
+            f"Start simple: standard LoRA needs {_fmt(lora)} here; if it fits and meets the "
+            "goal, it is the baseline to beat (design document: 'start with the simple version')"
         )
     return notes
 

@@ -106,11 +106,16 @@ def _figures(data: dict[str, Any], key: str) -> str:
             if est.get("method") == "traced"
             else "the advisor's memory model"
         )
+        # Step time is optional: files written before it was measured still cite the rest.
+        step = f.get("step_time_pct")
+        step_text = (
+            f"; steps took {_pm(step, '{:+.0f}', '%')} more CPU time than LoRA's" if step else ""
+        )
         return (
             f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_small']:.2f}x the bytes of "
             f"LoRA's fp32 ones; held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} "
             f"and exact match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against "
-            f"LoRA's; for a 7B model {tool} gives {est['qlora']:.1f} GB against "
+            f"LoRA's{step_text}; for a 7B model {tool} gives {est['qlora']:.1f} GB against "
             f"{est['lora']:.1f} GB"
         )
     if key == "lora":

@@ -150,3 +150,15 @@ def test_the_published_evidence_file_is_readable_and_complete():
         "qlora", ("dora",), data
     )
     assert len(notes) == 8
+
+
+def test_qlora_note_cites_measured_step_time_and_survives_without_it(evidence_file):
+    evidence_file(SAMPLE)
+    notes = advise("memory")["notes"]
+    assert any("steps took +60% ± 10% more CPU time than LoRA's" in n for n in notes)
+    partial = json.loads(json.dumps(SAMPLE))
+    del partial["qlora"]["step_time_pct"]
+    evidence_file(partial)
+    measured = [n for n in advise("memory")["notes"] if n.startswith("loracle measured")]
+    qlora = [n for n in measured if "QLoRA's NF4 layers" in n]
+    assert len(qlora) == 1 and "steps took" not in qlora[0]
