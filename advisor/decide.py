@@ -24,6 +24,7 @@ from advisor.evidence import measured_evidence, measured_notes
 from advisor.hyperparams import suggest
 from advisor.memory import GIB, MemoryEstimate, estimate
 from advisor.profile import (
+    MAX_GRADIENT_ACCUMULATION,
     VARIANT_NAMES,
     EstimateRequest,
     Hardware,
@@ -131,7 +132,14 @@ class _Context:
 
 
 def _remedies(ctx: _Context, combo: Combination) -> tuple[list[dict[str, Any]], str | None]:
-    """Single changes, smallest first, that make ``combo`` fit; each with its estimate."""
+    """Single changes, smallest first, that make ``combo`` fit; each with its estimate.
+
+    Smallest first: of each kind the least change that fits (the largest micro batch, the
+    longest sequence, the fewest cards), and the kinds in the order they disturb the run:
+    gradient checkpointing and accumulation for micro batch leave the training the same
+    (they cost time), 8-bit optimizer state and shorter sequences change it, more cards
+    change the hardware. When no change on its own fits one card, all of them together
+    come first."""
     t = ctx.training
     candidates: list[tuple[str, dict[str, Any], TrainingSettings, int]] = []
 
@@ -140,12 +148,17 @@ def _remedies(ctx: _Context, combo: Combination) -> tuple[list[dict[str, Any]], 
 
     if not t.gradient_checkpointing:
         add("turn on gradient checkpointing", {"gradient_checkpointing": True})
+    # Smaller micro batches, largest first, each with the accumulation that keeps the
+    # effective batch exactly: divisors of the micro batch (8 -> 4, 2, 1; 6 -> 3, 2, 1).
     mb, ga = t.micro_batch_size, t.gradient_accumulation_steps
-    while mb > 1:
-        mb, ga = max(1, mb // 2), ga * 2
+    for smaller in range(mb - 1, 0, -1):
+        more = ga * (mb // smaller)
+        if mb % smaller or more > MAX_GRADIENT_ACCUMULATION:
+            continue
         add(
-            f"micro_batch_size {mb} with gradient_accumulation_steps {ga} (same effective batch)",
-            {"micro_batch_size": mb, "gradient_accumulation_steps": ga},
+            f"micro_batch_size {smaller} with gradient_accumulation_steps {more} "
+            "(same effective batch)",
+            {"micro_batch_size": smaller, "gradient_accumulation_steps": more},
         )
     if t.optimizer in ("adamw", "adamw_8bit"):
         add("use the paged 8-bit AdamW optimizer", {"optimizer": "paged_adamw_8bit"})

@@ -5,9 +5,12 @@ import re
 import pytest
 
 from advisor import evidence
+from advisor.catalog.models import find_model
 from advisor.decide import recommend
 from advisor.errors import InvalidInput
-from advisor.profile import Profile
+from advisor.memory import estimate
+from advisor.profile import Profile, TrainingSettings
+from advisor.variants import Combination
 
 MODEL = {"name": "meta-llama/Llama-2-7b-hf"}
 SHORT = {"seq_len": 512}
@@ -224,3 +227,125 @@ def test_problems_of_card_and_model_are_reported_together():
             Profile.model_validate({"hardware": {"gpu": "rtx-9999"}, "model": {"name": "nope-7b"}})
         )
     assert {p.field for p in info.value.problems} == {"hardware.gpu", "model.name"}
+
+
+# -- memory as the binding constraint, and the remedies ------------------------------------
+
+ARCH = find_model(MODEL["name"]).architecture
+# Long sequences, a large micro batch and a large rank: every memory saver has something
+# to save, so each kind of remedy can make QLoRA fit.
+HEAVY = {"seq_len": 2048, "micro_batch_size": 8, "lora_rank": 256}
+
+
+def qlora_gib(training, gpus=1):
+    return estimate(ARCH, TrainingSettings(**training), Combination("qlora"), gpu_count=gpus)
+
+
+def remedy_estimate(training, remedy, card):
+    """What the advisor's own memory model gives for the remedy's settings, computed here."""
+    settings = dict(remedy["settings"])
+    gpus = settings.pop("gpu_count", 1)
+    changed = TrainingSettings(**{**training, **settings})
+    return estimate(ARCH, changed, Combination("qlora"), gpu_count=gpus).as_dict(card)
+
+
+def test_memory_priority_when_even_qlora_does_not_fit():
+    card = 0.95 * qlora_gib(HEAVY).total_gib
+    answer = advise("memory", memory=card, training=HEAVY)
+    assert (answer["variant"], answer["combine_with"]) == ("qlora", [])
+    assert answer["fits"] is False and answer["headroom_gib"] < 0
+    assert decided_by(answer) == ["Is the main constraint memory?"]
+    last = answer["decision_path"][-1]
+    assert last["question"] == "Does it fit the card?"
+    assert (last["answer"], last["decides"]) == ("no", None)
+    assert last["evidence"].startswith(f"QLoRA needs {qlora_gib(HEAVY).total_gib:.1f} GiB")
+    assert answer["remedies"] and answer["verdict"] is None
+    # the hyperparameters stay those of the recommended variant, not of a remedy
+    assert answer["hyperparameters"]["bnb_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert answer["hyperparameters"]["micro_batch_size"] == HEAVY["micro_batch_size"]
+
+
+def test_each_single_change_remedy_carries_its_own_new_estimate():
+    before = qlora_gib(HEAVY).total_gib
+    card = 0.95 * before
+    answer = advise("memory", memory=card, training=HEAVY)
+    by_kind = {tuple(sorted(r["settings"])): r for r in answer["remedies"]}
+    assert set(by_kind) == {
+        ("gradient_accumulation_steps", "micro_batch_size"),
+        ("optimizer",),
+        ("seq_len",),
+        ("gpu_count",),
+    }
+    for remedy in answer["remedies"]:
+        assert remedy["estimate"] == remedy_estimate(HEAVY, remedy, card), remedy["change"]
+        assert remedy["estimate"]["fits"] is True
+        assert remedy["estimate"]["total_gib"] <= card < before
+    batch = by_kind[("gradient_accumulation_steps", "micro_batch_size")]["settings"]
+    assert batch["micro_batch_size"] * batch["gradient_accumulation_steps"] == 8
+    assert by_kind[("optimizer",)]["settings"] == {"optimizer": "paged_adamw_8bit"}
+
+
+def test_remedies_are_the_smallest_change_of_each_kind():
+    """Each remedy is the least change of its kind that fits: the next smaller change (a
+    larger micro batch, a longer sequence, fewer cards) does not fit."""
+    for fraction in (0.95, 0.8, 0.6):
+        card = fraction * qlora_gib(HEAVY).total_gib
+        answer = advise("memory", memory=card, training=HEAVY)
+        for remedy in answer["remedies"]:
+            s = remedy["settings"]
+            if "micro_batch_size" in s and s["micro_batch_size"] * 2 < HEAVY["micro_batch_size"]:
+                mb = s["micro_batch_size"] * 2
+                ga = HEAVY["micro_batch_size"] // mb
+                bigger = {**HEAVY, "micro_batch_size": mb, "gradient_accumulation_steps": ga}
+                assert not qlora_gib(bigger).fits(card), remedy["change"]
+            if "seq_len" in s and s["seq_len"] * 2 < HEAVY["seq_len"]:
+                assert not qlora_gib({**HEAVY, "seq_len": s["seq_len"] * 2}).fits(card)
+            if "gpu_count" in s:
+                for fewer in (2, 4, 8):
+                    if fewer < s["gpu_count"]:
+                        assert not qlora_gib(HEAVY, gpus=fewer).fits(card), remedy["change"]
+
+
+def test_remedies_come_smallest_change_first():
+    """Changes that leave the training the same come first (gradient checkpointing, then
+    accumulation for micro batch), then those that change it (8-bit optimizer state,
+    shorter sequences), and more cards last."""
+    order = ["gradient_checkpointing", "micro_batch_size", "optimizer", "seq_len", "gpu_count"]
+    training = {**HEAVY, "gradient_checkpointing": False}
+    card = 0.95 * qlora_gib(training).total_gib
+    answer = advise("memory", memory=card, training=training)
+    kinds = [next(k for k in order if k in r["settings"]) for r in answer["remedies"]]
+    assert kinds == sorted(kinds, key=order.index)
+    assert kinds[0] == "gradient_checkpointing" and kinds[-1] == "gpu_count"
+    assert len(kinds) == len(set(kinds)), "one remedy per kind"
+
+
+def test_micro_batch_remedy_keeps_the_effective_batch_when_it_does_not_halve():
+    """A micro batch of 6 steps down through its divisors (3, 2, 1), so the effective batch
+    stays 6 x 3 = 18 whatever micro batch fits."""
+    training = {"seq_len": 2048, "micro_batch_size": 6, "gradient_accumulation_steps": 3}
+    one = qlora_gib({**training, "micro_batch_size": 1, "gradient_accumulation_steps": 18})
+    two = qlora_gib({**training, "micro_batch_size": 2, "gradient_accumulation_steps": 9})
+    assert one.total_gib < two.total_gib
+    card = (one.total_gib + two.total_gib) / 2
+    answer = advise("memory", memory=card, training=training)
+    batch = next(r for r in answer["remedies"] if "micro_batch_size" in r["settings"])
+    assert batch["settings"] == {"micro_batch_size": 1, "gradient_accumulation_steps": 18}
+    assert batch["estimate"] == remedy_estimate(training, batch, card)
+
+
+def test_every_saver_together_when_no_single_change_fits_one_card():
+    card = 0.7 * qlora_gib(HEAVY).total_gib
+    answer = advise("memory", memory=card, training=HEAVY)
+    first = answer["remedies"][0]
+    assert first["change"].startswith("all memory savers together")
+    assert first["settings"] == {
+        "gradient_checkpointing": True,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 8,
+        "optimizer": "paged_adamw_8bit",
+        "seq_len": 512,
+    }
+    assert first["estimate"] == remedy_estimate(HEAVY, first, card)
+    assert all("gpu_count" in r["settings"] for r in answer["remedies"][1:])
+    assert answer["verdict"] is None
