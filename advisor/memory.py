@@ -6,7 +6,7 @@ QLoRA, the Trainer's autocast mixed precision, and torch optimizers. Every
 term says which behaviour of which library it follows. The tracer
 (``worker.memtrace``) measures the same step on meta tensors; this closed form is
 what answers in microseconds; it is calibrated against the tracer over a grid of
-256 configurations (docs/memory.md, tests/advisor/test_calibration_grid.py).
+288 configurations (docs/memory.md, tests/advisor/test_calibration_grid.py).
 
 Units: bytes internally; the public figures are GiB (2^30 bytes).
 

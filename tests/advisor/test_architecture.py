@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import pytest
 
@@ -21,17 +23,40 @@ def test_catalog_reproduces_published_parameter_counts(entry):
         assert arch.block_linear_weight_params == entry.published_block_linear_params
 
 
-def test_catalog_covers_the_reference_models():
-    ids = {m.id for m in models()}
-    for name in (
-        "meta-llama/Llama-2-7b-hf",
-        "meta-llama/Llama-3.1-70B",
-        "Qwen/Qwen2.5-72B",
-        "google/gemma-2-9b",
-        "microsoft/Phi-3-mini-4k-instruct",
-        "HuggingFaceTB/SmolLM2-135M",
+SHAPES = Path(__file__).parent / "data" / "model-shapes.csv"
+
+
+def reference_shapes() -> list[dict[str, str]]:
+    """tests/advisor/data/model-shapes.csv: the project's copy of the published reference
+    shapes (config.json figures and parameter counts of popular models)."""
+    lines = SHAPES.read_text().splitlines()
+    return list(csv.DictReader(line for line in lines if not line.startswith("#")))
+
+
+def test_reference_shapes_file_is_complete():
+    rows = reference_shapes()
+    data_lines = [line for line in SHAPES.read_text().splitlines() if line and line[0] != "#"]
+    assert len(rows) == len(data_lines) - 1 >= 18  # every line but the header is a model
+    assert len({r["model"] for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("row", reference_shapes(), ids=lambda r: r["model"])
+def test_catalog_matches_every_reference_shape(row):
+    entry = find_model(row["model"])
+    assert entry.id == row["model"]
+    arch = entry.architecture
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
     ):
-        assert name in ids
+        assert getattr(arch, key) == int(row[key]), key
+    assert arch.tie_word_embeddings == {"true": True, "false": False}[row["tie_word_embeddings"]]
+    assert arch.total_params == int(row["total_params"])
+    assert arch.block_linear_weight_params == int(row["block_linear_params"])
 
 
 def llama_config(**overrides):
