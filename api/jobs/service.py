@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -93,7 +94,17 @@ def _architecture(model: str, resolved: str) -> tuple[Architecture | None, dict[
     """The architecture when we can know it without a network: a local directory's
     config.json, or the catalog entry of a hub id."""
     if resolved != model or Path(resolved).is_dir():
-        config = json.loads((Path(resolved) / "config.json").read_text())
+        path = Path(resolved) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(
+                [Problem("model", f"the model's config.json is not readable JSON ({exc})", model)]
+            ) from None
+        if not isinstance(config, dict):
+            raise InvalidInput(
+                [Problem("model", "the model's config.json must hold a JSON object", model)]
+            )
         return from_hf_config(config), {"config": config}
     try:
         entry = find_model(model)
@@ -183,14 +194,25 @@ def create_job(
                 ]
             )
         goal = body.profile.goal if body.profile else None
-        profile = Profile.model_validate(
-            {
-                "hardware": hardware_dict,
-                "model": model_ref,
-                "training": training.model_dump(),
-                "goal": goal.model_dump() if goal else {},
-            }
-        )
+        try:
+            profile = Profile.model_validate(
+                {
+                    "hardware": hardware_dict,
+                    "model": model_ref,
+                    "training": training.model_dump(),
+                    "goal": goal.model_dump() if goal else {},
+                }
+            )
+        except ValidationError as exc:  # e.g. a local config.json the advisor cannot read
+            raise InvalidInput(
+                [
+                    Problem(
+                        "model" if e["loc"][:1] == ("model",) else "profile",
+                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}",
+                    )
+                    for e in exc.errors()
+                ]
+            ) from None
         decision = recommend(profile)
         if not decision["fits"]:
             raise InvalidInput(
