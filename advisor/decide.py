@@ -360,7 +360,15 @@ def recommend(profile: Profile) -> dict[str, Any]:
             {
                 "question": "Does it fit the card?",
                 "answer": "no",
-                "evidence": evidence + "; memory became binding",
+                # The evidence for QLoRA, and for the combination when the idea was kept.
+                "evidence": evidence
+                + "; memory became binding"
+                + measured_evidence("qlora")
+                + (
+                    measured_evidence("+".join((chosen.variant, *chosen.combine_with)))
+                    if chosen.combine_with
+                    else ""
+                ),
                 "decides": "qlora",
             }
         )

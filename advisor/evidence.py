@@ -31,11 +31,18 @@ TITLES = {
     "qlora+loraplus": "QLoRA + LoRA+",
     "qlora+dora": "QLoRA + DoRA",
 }
+# The design document's claims, each with the paper it rests on.
 PUBLISHED = {
-    "qlora": "published: a 7B model in about 6 GB instead of about 16 GB, quality almost untouched",
-    "dora": "published: a few percent better than LoRA with under 5% more parameters",
-    "loraplus": "published: the target quality about 1.5-2x sooner",
-    "lora": "published: standard LoRA works well for most jobs",
+    "qlora": "published: a 7B model in about 6 GB instead of about 16 GB, quality almost "
+    "untouched (design document; QLoRA, arXiv:2305.14314)",
+    "dora": "published: a few percent better than LoRA with under 5% more parameters "
+    "(design document; DoRA, arXiv:2402.09353)",
+    "loraplus": "published: the target quality about 1.5-2x sooner "
+    "(design document; LoRA+, arXiv:2402.12354)",
+    "lora": "published: standard LoRA works well for most jobs "
+    "(design document; LoRA, arXiv:2106.09685)",
+    "qlora+loraplus": "published: the variants combine (design document)",
+    "qlora+dora": "published: the variants combine (design document)",
 }
 
 

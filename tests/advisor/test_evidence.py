@@ -162,3 +162,16 @@ def test_qlora_note_cites_measured_step_time_and_survives_without_it(evidence_fi
     measured = [n for n in advise("memory")["notes"] if n.startswith("loracle measured")]
     qlora = [n for n in measured if "QLoRA's NF4 layers" in n]
     assert len(qlora) == 1 and "steps took" not in qlora[0]
+
+
+def test_memory_becoming_binding_cites_qlora_and_the_kept_combination(evidence_file):
+    evidence_file(SAMPLE)
+    answer = advise("speed", memory=12.0)
+    binding = answer["decision_path"][-1]
+    assert binding["decides"] == "qlora" and "memory became binding" in binding["evidence"]
+    assert (
+        "for a 7B model the worker's memory tracer gives 6.8 GB against 16.9 GB"
+        in (binding["evidence"])
+    )
+    assert "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.70x" in binding["evidence"]
+    assert "arXiv:2305.14314" in binding["evidence"]
