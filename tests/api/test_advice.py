@@ -135,6 +135,14 @@ def test_catalogs_and_health(client):
     assert client.get("/openapi.json").status_code == 200
 
 
+def test_health_and_the_api_documentation_need_no_key_and_nothing_else_is_open(api_settings):
+    with client_for(api_settings, key=None) as anonymous:
+        for path in ("/healthz", "/docs", "/redoc", "/openapi.json"):
+            assert anonymous.get(path).status_code == 200, path
+        assert anonymous.get("/v1/catalog/gpus").status_code == 401
+        assert anonymous.post("/v1/recommendations", json={}).status_code == 401
+
+
 def test_unknown_route_is_404_in_the_error_shape(client):
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
