@@ -16,11 +16,19 @@ Semantics a caller relies on:
   once it says True the Trainer stops before the next optimizer step. The result has status
   "cancelled", no adapter is written (`adapter/` keeps whatever a previous successful run left
   there), and the checkpoints stay so a later run can resume.
-- Resume: with `resume=True`, the newest complete checkpoint in `checkpoints/` (one whose
-  trainer_state.json, written last by the Trainer, exists and parses, next to the adapter,
-  optimizer and scheduler files) is resumed, and a `resumed` event names its step. Incomplete
-  ones (a crash mid-write) are skipped with a warning. With `resume=False` existing
-  checkpoints are deleted first, so a later resume never picks up a stale run.
+- Checkpoints are complete or ignored. Once the Trainer has written `checkpoint-<step>/`,
+  every file in it and the directory itself are fsynced, and only then is the completion
+  marker `loracle-complete.json` (the step and each file's size) created atomically: written
+  to a temporary file, fsynced, renamed over with `os.replace`, and the directory fsynced
+  again. Old checkpoints are rotated out (`checkpoint_limit`) only after the newest is
+  sealed, so a complete one is on disk at every instant, even with a limit of 1. A
+  `checkpoint` event is sent after the seal.
+- Resume: with `resume=True`, the newest complete checkpoint in `checkpoints/` (it has the
+  marker, every file the marker lists at its recorded size, the adapter, optimizer, scheduler
+  and trainer state, and its trainer_state.json parses) is resumed, and a `resumed` event
+  names its step. Incomplete ones (a crash mid-write, or before the marker) are skipped with
+  a warning. With `resume=False` existing checkpoints are deleted first, so a later resume
+  never picks up a stale run.
 - Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` since the start of
   the run. On CPU, the growth of the process's resident set size (RSS) over its value at the
   start of the run, sampled every 10 ms by a thread: it includes the model weights, adapters,
@@ -37,6 +45,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,13 +55,17 @@ from worker import artifacts, data, modeling, safety
 from worker.plan import TrainingPlan
 
 CHECKPOINTS_DIRNAME = "checkpoints"
-# Files a Trainer checkpoint of a PEFT model holds once complete; trainer_state.json last.
+# Files a Trainer checkpoint of a PEFT model must hold to be resumed from.
 CHECKPOINT_FILES = (
     "adapter_model.safetensors",
     "optimizer.pt",
     "scheduler.pt",
     "trainer_state.json",
 )
+# Created (atomically) after everything else in a checkpoint is on disk: the only sign of a
+# complete checkpoint. Its temporary name, while it is being written.
+CHECKPOINT_MARKER = "loracle-complete.json"
+CHECKPOINT_MARKER_TMP = CHECKPOINT_MARKER + ".tmp"
 
 
 class TrainingHooks:
@@ -189,6 +202,87 @@ class MemoryMonitor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: its entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal_checkpoint(
+    directory: Path, step: int, before_rename: Callable[[], None] | None = None
+) -> None:
+    """Mark a checkpoint the Trainer has finished writing as complete, crash-safely.
+
+    Every file under `directory` and every directory in it are fsynced first, so the marker
+    can never reach the disk before the data it vouches for (a power cut after a rename
+    but before the data blocks would otherwise leave a "complete" checkpoint of zeros). The
+    marker is then written to a temporary name, fsynced, renamed into place (atomic on
+    POSIX: it exists whole or not at all), and the directory and its parent are fsynced so
+    the rename itself is durable. Cost: the save waits until what the Trainer just wrote
+    is on the disk (the page cache would write it back later anyway), plus one fsync per
+    directory. `before_rename` runs between the temporary file and the rename (a
+    fault-injection point for the reliability tests).
+    """
+    skip = {CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP}
+    files: dict[str, int] = {}
+    folders = [directory]
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink() or path.name in skip:
+            continue
+        if path.is_dir():
+            folders.append(path)
+        elif path.is_file():
+            _fsync(path)
+            files[path.relative_to(directory).as_posix()] = path.stat().st_size
+    for folder in reversed(folders):  # deepest first: entries before the folder naming them
+        _fsync(folder)
+    tmp = directory / CHECKPOINT_MARKER_TMP
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump({"step": step, "files": files}, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, directory / CHECKPOINT_MARKER)
+    _fsync(directory)
+    _fsync(directory.parent)
+
+
+def unseal_checkpoint(directory: Path) -> None:
+    """Remove the marker before a checkpoint directory is written again (a resumed run
+    reaching the step of a checkpoint left behind): until it is sealed anew, it is not
+    complete."""
+    removed = False
+    for name in (CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP):
+        path = directory / name
+        if path.exists():
+            path.unlink()
+            removed = True
+    if removed:
+        _fsync(directory)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint directory holds if it is complete (see the module docstring),
+    else None."""
+    try:
+        marker = json.loads((path / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+        listed = marker["files"]
+        if not all(name in listed for name in CHECKPOINT_FILES):
+            return None
+        for name, size in listed.items():
+            if (path / name).stat().st_size != size:
+                return None
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state.get("global_step", marker["step"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # no marker, a listed file gone, or a file that does not parse
+        return None
+
+
 def find_resumable_checkpoint(checkpoints_dir: Path) -> tuple[Path | None, int, list[Path]]:
     """The newest complete `checkpoint-<step>` in `checkpoints_dir` as (path, step), or
     (None, 0), plus the incomplete ones newer than it."""
@@ -199,14 +293,10 @@ def find_resumable_checkpoint(checkpoints_dir: Path) -> tuple[Path | None, int, 
             if path.is_dir() and suffix.isdigit():
                 candidates.append((int(suffix), path))
     skipped = []
-    for step, path in sorted(candidates, reverse=True):
-        if all((path / name).is_file() for name in CHECKPOINT_FILES):
-            try:
-                state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, OSError):
-                skipped.append(path)
-                continue
-            return path, int(state.get("global_step", step)), skipped
+    for _, path in sorted(candidates, reverse=True):
+        step = checkpoint_step(path)
+        if step is not None:
+            return path, step, skipped
         skipped.append(path)
     return None, 0, skipped
 
@@ -278,21 +368,65 @@ def _make_callback(hooks: TrainingHooks):
 # ---------------------------------------------------------------------------------------------
 
 
+def _fault_point(output_dir: str | Path, point: str) -> None:
+    """``LORACLE_FAULT_KILL_IN_CHECKPOINT=N[:point]``: SIGKILL the process at `point` of
+    writing checkpoint N, once per run directory. Points: ``mid-write`` (the default: adapter,
+    optimizer and scheduler written; RNG and trainer state not yet) and ``before-marker``
+    (everything the Trainer writes is on disk and the temporary marker too, but it is not
+    renamed into place). Test-only; unset in production."""
+    value = os.environ.get("LORACLE_FAULT_KILL_IN_CHECKPOINT")
+    if not value:
+        return
+    target, _, at = value.partition(":")
+    done = Path(output_dir).with_name(".fault-injected")
+    if (
+        Path(output_dir).name == f"checkpoint-{target}"
+        and (at or "mid-write") == point
+        and not done.exists()
+    ):
+        done.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _trainer_class(trainer: type) -> type:
-    """The Trainer, with one fault-injection point for the reliability tests:
-    ``LORACLE_FAULT_KILL_IN_CHECKPOINT=N`` SIGKILLs the process in the middle of
-    writing checkpoint N (adapter and optimizer written; RNG and trainer state,
-    which mark a checkpoint complete, not yet), once per run directory. Unset in
-    production."""
+    """The Trainer, with checkpoints sealed by a completion marker (see the module
+    docstring) and the fault-injection points of `_fault_point`."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
     class LoracleTrainer(trainer):  # type: ignore[misc, valid-type]
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            run_dir = Path(self._get_output_dir(trial=trial))
+            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if self.args.should_save and folder.is_dir():
+                unseal_checkpoint(folder)
+            # The Trainer rotates old checkpoints out at the end of its save; that must wait
+            # for the seal, or with checkpoint_limit=1 a crash between the two would leave no
+            # complete checkpoint at all (and with any limit, an old checkpoint could be
+            # deleted before the new one's data is on the disk). So its rotation is off
+            # during the save, and done here after the seal, with the Trainer's arguments.
+            limit = self.args.save_total_limit
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if not self.args.should_save:  # not the saving process (distributed runs)
+                return
+            seal_checkpoint(
+                folder,
+                self.state.global_step,
+                before_rename=lambda: _fault_point(folder, "before-marker"),
+            )
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
         def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
             super()._save_optimizer_and_scheduler(output_dir)
-            target = os.environ.get("LORACLE_FAULT_KILL_IN_CHECKPOINT")
-            marker = Path(output_dir).with_name(".fault-injected")
-            if target and Path(output_dir).name == f"checkpoint-{target}" and not marker.exists():
-                marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
+            _fault_point(output_dir, "mid-write")
 
     return LoracleTrainer
 

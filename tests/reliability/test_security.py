@@ -327,7 +327,7 @@ def test_checkpoint_holding_a_pickle_that_writes_a_file_is_refused(
     from tests.utils.builders import plan_dict
     from worker.plan import load_plan
     from worker.safety import CheckpointRefused
-    from worker.training import run_training
+    from worker.training import run_training, seal_checkpoint
 
     out = tmp_path / "run"
     plan = load_plan(plan_dict(tiny_model, train_file, out, max_steps=4, checkpoint_steps=2))
@@ -335,6 +335,9 @@ def test_checkpoint_holding_a_pickle_that_writes_a_file_is_refused(
     checkpoint = max((out / "checkpoints").glob("checkpoint-*"))
     planted = tmp_path / "pwned.txt"
     (checkpoint / "optimizer.pt").write_bytes(pickle.dumps({"state": _WritesAFile(str(planted))}))
+    # Whoever can write a checkpoint can write its completion marker too: re-sealed, the
+    # tampered checkpoint is the one resume picks, and the scan must stop it.
+    seal_checkpoint(checkpoint, int(checkpoint.name.split("-")[1]))
     longer = load_plan(plan_dict(tiny_model, train_file, out, max_steps=8, checkpoint_steps=2))
     with pytest.raises(CheckpointRefused, match="refused without loading it"):
         run_training(longer, resume=True)

@@ -13,7 +13,12 @@ from tests.utils.builders import RecordingHooks, plan_dict
 from worker import artifacts
 from worker.modeling import model_load_kwargs
 from worker.plan import load_plan
-from worker.training import CHECKPOINT_FILES, find_resumable_checkpoint, run_training
+from worker.training import (
+    CHECKPOINT_FILES,
+    find_resumable_checkpoint,
+    run_training,
+    seal_checkpoint,
+)
 
 # name: (data format, plan fields). LoRA+ multiplies lora_B's rate by 16, so it starts lower.
 # The formats rotate so every format is trained end to end; two runs also exercise gradient
@@ -260,6 +265,7 @@ def test_find_resumable_checkpoint(tmp_path):
         for name in files:
             content = json.dumps({"global_step": step}) if name.endswith(".json") else "x"
             (directory / name).write_text(content)
+        seal_checkpoint(directory, step)  # the completion marker the Trainer's save adds
     (tmp_path / "checkpoint-9").mkdir()
     (tmp_path / "checkpoint-9" / "trainer_state.json").write_text("{")
     (tmp_path / "checkpoint-notanumber").mkdir()
