@@ -3,7 +3,9 @@ fault is really done to real processes, and jobs must still end right."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import FAST_LEASES, SLOW, PrivateRedis
-from tests.utils.service import Service
+from tests.utils.service import Service, wait_for
+from worker.training import CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP
 
 pytestmark = pytest.mark.e2e
 
@@ -86,20 +89,63 @@ def test_whole_worker_killed_then_a_new_worker_resumes(
     _assert_resumed_once_and_single_adapter(service, done)
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(
-    service: Service, tiny_model: Path, train_file: Path
-):
-    service.env["LORACLE_FAULT_KILL_IN_CHECKPOINT"] = "15"
-    service.start_worker()
-    job = _submit(service, tiny_model, train_file)
-    service.wait(job["id"], until=lambda j: j["attempts"] >= 2, timeout=120)
-    half_written = service.data_dir / "jobs" / job["id"] / "checkpoints" / "checkpoint-15"
-    assert half_written.is_dir() and not (half_written / "trainer_state.json").exists()
+def _checkpoint_when_killed(service: Service, job_id: str, step: int) -> dict[str, object]:
+    """What checkpoint-`step` held when the fault killed the training process: read as soon
+    as the fault's flag file appears (it is written just before the SIGKILL), well before
+    the lease expires and a new attempt could write the checkpoint again."""
+    checkpoints = service.data_dir / "jobs" / job_id / "checkpoints"
+    wait_for(lambda: (checkpoints / ".fault-injected").exists(), 120, "the fault", service)
+    time.sleep(0.5)  # the kill itself
+    assert service.job(job_id)["attempts"] == 1, "read before the second attempt started"
+    folder = checkpoints / f"checkpoint-{step}"
+    state = folder / "trainer_state.json"
+    return {
+        "dir": folder.is_dir(),
+        "adapter": (folder / "adapter_model.safetensors").is_file(),
+        "state_parses": state.is_file() and "global_step" in json.loads(state.read_text()),
+        "marker": (folder / CHECKPOINT_MARKER).exists(),
+        "marker_tmp": (folder / CHECKPOINT_MARKER_TMP).exists(),
+        "previous_sealed": (checkpoints / f"checkpoint-{step - 5}" / CHECKPOINT_MARKER).is_file(),
+    }
+
+
+def _resumed_from_the_previous_checkpoint(service: Service, job: dict) -> None:
     done = service.wait(job["id"], timeout=180)
-    assert done["status"] == "succeeded", service.log_tail()
+    assert done["status"] == "succeeded" and done["attempts"] == 2, service.log_tail()
     events = service.events(job["id"])
     assert any("checkpoint-15 is incomplete" in e["message"] for e in events), _types(events)
     assert _assert_resumed_once_and_single_adapter(service, done) == 10
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    service.env["LORACLE_FAULT_KILL_IN_CHECKPOINT"] = "15"  # after the optimizer, mid-write
+    service.start_worker()
+    job = _submit(service, tiny_model, train_file)
+    seen = _checkpoint_when_killed(service, job["id"], 15)
+    assert seen["dir"] and seen["adapter"] and not seen["state_parses"], seen
+    assert not seen["marker"] and seen["previous_sealed"], seen
+    _resumed_from_the_previous_checkpoint(service, job)
+
+
+def test_killed_after_the_trainer_wrote_a_checkpoint_but_before_its_marker(
+    service: Service, tiny_model: Path, train_file: Path
+):
+    # Everything the Trainer writes is there and parses, the marker's temporary file too:
+    # only the rename that makes the checkpoint complete is missing.
+    service.env["LORACLE_FAULT_KILL_IN_CHECKPOINT"] = "15:before-marker"
+    service.start_worker()
+    job = _submit(service, tiny_model, train_file)
+    seen = _checkpoint_when_killed(service, job["id"], 15)
+    assert seen["dir"] and seen["adapter"] and seen["state_parses"], seen
+    assert seen["marker_tmp"] and not seen["marker"] and seen["previous_sealed"], seen
+    _resumed_from_the_previous_checkpoint(service, job)
+    # What the resumed run left (the newest checkpoint_limit=2) is sealed, no marker half-made.
+    kept = sorted((service.data_dir / "jobs" / job["id"] / "checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in kept] == ["checkpoint-35", "checkpoint-40"]
+    assert all((p / CHECKPOINT_MARKER).is_file() for p in kept)
+    assert not any((p / CHECKPOINT_MARKER_TMP).exists() for p in kept)
 
 
 def test_second_delivery_does_not_train_twice(
@@ -163,17 +209,80 @@ def test_redis_stopped_and_started_mid_job_loses_nothing(
         service.start_worker()
         running = _submit(service, tiny_model, train_file, max_steps=60)
         service.wait(running["id"], until=lambda j: j["status"] == "running" and j["step"] >= 3)
-        queued_before = _submit(service, tiny_model, train_file, max_steps=5)
+        queued_before = [_submit(service, tiny_model, train_file, max_steps=5) for _ in range(2)]
+        assert all(service.job(j["id"])["status"] == "queued" for j in queued_before)
         private_redis.stop()
         # While the broker is down, a job is still accepted: the store holds it.
         accepted = _submit(service, tiny_model, train_file, max_steps=5)
         assert accepted["status"] == "queued"
         time.sleep(3)
         assert service.job(running["id"])["status"] in ("running", "succeeded")
-        private_redis.start()  # empty: the message of queued_before is gone with it
-        for job in (running, queued_before, accepted):
+        private_redis.start()  # empty: the messages of queued_before are gone with it
+        for job in (running, *queued_before, accepted):
             done = service.wait(job["id"], timeout=300)
             assert done["status"] == "succeeded", (job["id"], service.log_tail())
+            # Trained once, by the first process that took it: a job the reaper took for
+            # dead and ran again would also end succeeded, but on a second attempt.
+            assert done["attempts"] == 1, (job["id"], done["attempts"])
+            events = service.events(job["id"])
+            assert "requeued" not in _types(events), (job["id"], _types(events))
+            assert _types(events).count("started") == 1, (job["id"], _types(events))
         assert "broker_unavailable" in _types(service.events(accepted["id"]))
     finally:
         service.stop()
+
+
+def _short_embedding_model(model_root: Path, tiny_model: Path) -> Path:
+    """The tiny model with an embedding 40 rows shorter than its tokenizer: it loads, every
+    row of a normal file trains, and the first micro-batch holding one of the tokenizer's
+    last 40 tokens raises IndexError inside the forward pass, on every attempt alike (a
+    model paired with the wrong tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = model_root / "short-embedding"
+    if not folder.exists():
+        shutil.copytree(tiny_model, folder)
+        config = LlamaConfig.from_pretrained(tiny_model)
+        config.vocab_size -= 40
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_training_that_raises_mid_run_fails_once_and_the_worker_goes_on(
+    service: Service, model_root: Path, tiny_model: Path, train_file: Path, tmp_path: Path
+):
+    model = _short_embedding_model(model_root, tiny_model)
+    # Fine on upload (valid JSONL text): the row is only bad for this model's embedding.
+    # " lazy" and " dog" are among the tokenizer's last merges (ids past the embedding).
+    rows = train_file.read_text().splitlines()
+    rows.insert(40, json.dumps({"text": "alpha bravo charlie the lazy dog"}))
+    bad_file = tmp_path / "train-bad-row.jsonl"
+    bad_file.write_text("\n".join(rows) + "\n")
+    file_id = service.upload(bad_file)["id"]
+    failing = service.submit(
+        {"model": str(model), "training_file": file_id, "variant": "lora", "hyperparameters": SLOW}
+    )
+    after = _submit(service, tiny_model, train_file, max_steps=5)  # queued behind it
+    service.start_worker()
+
+    done = service.wait(failing["id"], timeout=180)
+    assert done["status"] == "failed", service.log_tail()
+    assert done["error"]["type"] == "IndexError", done["error"]
+    assert "index out of range" in done["error"]["message"], done["error"]
+    # It failed inside the training steps, not while loading: some steps were trained.
+    assert 1 <= done["step"] < SLOW["max_steps"], done["step"]
+    # A deterministic exception is not retried: one attempt, never requeued.
+    assert done["attempts"] == 1
+    events = service.events(failing["id"])
+    assert _types(events).count("started") == 1 and "requeued" not in _types(events)
+
+    # The same worker takes the next job and trains it.
+    nxt = service.wait(after["id"], timeout=180)
+    assert nxt["status"] == "succeeded" and nxt["attempts"] == 1, service.log_tail()
+    assert len(service.workers) == 1 and service.workers[0].poll() is None
+    time.sleep(3)  # nothing loops: the failed job stays failed and is not started again
+    again = service.job(failing["id"])
+    assert again["status"] == "failed" and again["attempts"] == 1
