@@ -4,6 +4,11 @@ An upload larger than ``LORACLE_MAX_UPLOAD_BYTES`` gets a 413 before its body is
 read whole: at once when ``Content-Length`` says so, and as soon as the running
 count passes the limit for a chunked body that declares no length. Every other
 request body is held to 1 MiB (a job or a profile is a few KiB).
+
+An upload without a valid API key gets its 401 before any of its body is read: FastAPI
+parses a form before it runs the route's dependencies, so the route's own key check
+would come only after the whole upload was spooled to disk. The check is the routes' own
+(``api.security.key_owner``), run here on the headers alone.
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, error_response
+from api.security import key_owner
 
 UPLOAD_PATH = "/v1/files"
 # Multipart framing around the file: boundaries, part headers, the purpose field.
@@ -40,6 +49,16 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         upload = scope["path"] == UPLOAD_PATH
+        if upload:
+            try:
+                key_owner(Headers(scope=scope).get("authorization", ""), _settings(scope))
+            except ApiError as exc:
+                # "Connection: close": the server drops the connection rather than read
+                # the unread body to reach the next request on it.
+                headers = {**(exc.headers or {}), "Connection": "close"}
+                response = error_response(exc.status, exc.error, exc.detail, headers=headers)
+                await response(scope, receive, send)
+                return
         limit = self.max_upload_bytes() + MULTIPART_SLACK if upload else JSON_BODY_LIMIT
         what = (
             f"upload larger than the limit of {self.max_upload_bytes()} bytes; split the data or "
@@ -80,6 +99,11 @@ class BodyLimit:
         except _TooLarge:  # raised outside FastAPI's body parsing
             if not started:
                 await _reject(send, what)
+
+
+def _settings(scope: Scope) -> Any:
+    """The settings the app was built with, as the routes see them (``app_settings``)."""
+    return scope["app"].state.settings
 
 
 async def _reject(send: Send, detail: str) -> None:

@@ -75,10 +75,16 @@ async def get_owner(
 
 def check_key(request: Request, settings: Settings) -> str | None:
     """The digest of the request's valid API key (None with auth disabled); raises 401."""
+    return key_owner(request.headers.get("authorization", ""), settings)
+
+
+def key_owner(authorization: str, settings: Settings) -> str | None:
+    """The one check of an ``Authorization`` header: the digest of its valid API key (None
+    with auth disabled); raises a 401 ``ApiError``. Routes reach it through `check_key`;
+    the upload middleware (api/limits.py) calls it before reading a body."""
     if settings.auth_disabled:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+    scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise _unauthorized("send your API key as 'Authorization: Bearer <key>'")
     presented = digest(key.strip())

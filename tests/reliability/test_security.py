@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -166,10 +170,95 @@ def test_idempotency_key_on_files(api: Service, train_file: Path):
 
 
 # -- 9. paths -----------------------------------------------------------------------------
+#
+# Each attack names places outside the data directory. For every case the test computes the
+# exact paths the value could reach (as given, percent-decoded, NUL cut, backslashes as
+# slashes; against each directory the server could resolve it from) and snapshots them and
+# the directories they lie in (each entry's type, size and mtime) before and after: any file
+# written, replaced or touched there fails the test. Directories others write to meanwhile
+# (the shared /tmp, the repository the server runs from and its parent) are compared only at
+# the exact paths named, since a write there would have to land at one of those names.
+
+OUTSIDE = "{outside}"  # stands for a directory of the test's own, next to the data dir
 
 
 def _tree(root: Path, skip: Path) -> set[Path]:
     return {p for p in root.rglob("*") if not p.is_relative_to(skip)}
+
+
+def _outside(api: Service) -> Path:
+    folder = api.data_dir.parent / "outside"
+    folder.mkdir(exist_ok=True)
+    (folder / "secret.txt").write_text("the contents no answer may carry\n")
+    return folder
+
+
+def _targets(value: str, bases: list[Path]) -> set[Path]:
+    """Every path `value` names from any of `bases`, under the decodings a server might do."""
+    cut = value.split("\x00", 1)[0]
+    forms = {value.replace("\x00", ""), cut, urllib.parse.unquote(value), urllib.parse.unquote(cut)}
+    forms |= {f.replace("\\", "/") for f in forms}
+    forms |= {f.split("\x00", 1)[0] for f in forms}  # a NUL that decoding put back
+    return {
+        Path(os.path.normpath(base / os.path.expanduser(form)))
+        for form in forms
+        if "\x00" not in form
+        for base in bases
+    }
+
+
+def _shared_areas() -> set[Path]:
+    return {Path("/"), Path(tempfile.gettempdir()), ROOT, ROOT.parent}
+
+
+def _snapshot(targets: set[Path], data_dir: Path) -> dict[str, tuple[int, int, int] | None]:
+    def stat(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.lstat()
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None
+        return (st.st_mode, st.st_size, st.st_mtime_ns)
+
+    snap: dict[str, tuple[int, int, int] | None] = {}
+    for target in targets:
+        snap[str(target)] = stat(target)
+        for area in (target, target.parent):
+            if area.is_relative_to(data_dir) or area in _shared_areas() or not area.is_dir():
+                continue
+            try:
+                entries = list(area.iterdir())
+            except PermissionError:
+                continue
+            snap[str(area)] = stat(area)
+            for entry in entries:
+                snap[str(entry)] = stat(entry)
+    return snap
+
+
+class _Watch:
+    """The places an attack value names, outside the data dir, before and after."""
+
+    def __init__(self, api: Service, *values: str, extra_bases: tuple[Path, ...] = ()) -> None:
+        bases = [ROOT, api.data_dir, api.data_dir / "files", api.data_dir / "jobs", *extra_bases]
+        self.data_dir = api.data_dir
+        self.targets = {
+            t for v in values for t in _targets(v, bases) if not t.is_relative_to(api.data_dir)
+        }
+        assert self.targets, values
+        self.outer = api.data_dir.parent  # the test's own: compared whole
+        self.before = _snapshot(self.targets, api.data_dir)
+        self.tree = _tree(self.outer, api.data_dir)
+
+    def assert_untouched(self) -> None:
+        after = _snapshot(self.targets, self.data_dir)
+        keys = self.before.keys() | after.keys()
+        changed = {k for k in keys if self.before.get(k) != after.get(k)}
+        assert not changed, f"written outside the data dir: {sorted(changed)}"
+        assert _tree(self.outer, self.data_dir) == self.tree
+
+
+def _fill(value: str, outside: Path) -> str:
+    return value.replace(OUTSIDE, str(outside))
 
 
 @pytest.mark.parametrize(
@@ -182,44 +271,69 @@ def _tree(root: Path, skip: Path) -> set[Path]:
         "..%2fetc",
         "/models/x\x00.json",
         "./relative/model",
+        f"{OUTSIDE}/model",
+        "../outside/model",
     ],
 )
-def test_path_like_model_fields_get_422(api: Service, train_file: Path, model: str):
+def test_path_like_model_fields_get_422(
+    api: Service, train_file: Path, model_root: Path, model: str
+):
+    model = _fill(model, _outside(api))
     file_id = api.upload(train_file)["id"]
+    watch = _Watch(api, model, extra_bases=(model_root,))
     r = api.client().post(
         "/v1/jobs", json={"model": model, "training_file": file_id, "variant": "lora"}
     )
     assert r.status_code == 422, r.text
     assert r.json()["problems"][0]["field"] == "model"
+    watch.assert_untouched()
 
 
 def test_symlinks_into_or_out_of_the_root_get_422(
-    api: Service, train_file: Path, model_root: Path, tiny_model: Path, tmp_path: Path
+    api: Service, train_file: Path, model_root: Path, tiny_model: Path
 ):
+    outside = _outside(api)
     file_id = api.upload(train_file)["id"]
     inside_link = model_root / "link-to-tiny"
     if not inside_link.exists():
         inside_link.symlink_to(tiny_model, target_is_directory=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
     escape = model_root / "escape"
     if not escape.exists():
         escape.symlink_to(outside, target_is_directory=True)
-    for model in (str(inside_link), str(escape)):
+    # A real directory inside the root whose weights are a symlink out of it.
+    leaky = model_root / "leaky-weights"
+    if not leaky.exists():
+        leaky.mkdir()
+        (leaky / "config.json").write_bytes((tiny_model / "config.json").read_bytes())
+        (outside / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
+        (leaky / "model.safetensors").symlink_to(outside / "model.safetensors")
+    for model in (str(inside_link), str(escape), str(leaky), f"{escape}/secret.txt"):
+        watch = _Watch(api, model, str(outside / "model.safetensors"))
         r = api.client().post(
             "/v1/jobs", json={"model": model, "training_file": file_id, "variant": "lora"}
         )
         assert r.status_code == 422 and r.json()["problems"][0]["field"] == "model", r.text
+        watch.assert_untouched()
 
 
 @pytest.mark.parametrize(
-    "filename", ["../../escape.jsonl", "/tmp/abs.jsonl", "..%2f..%2fx.jsonl", "a\\..\\b.jsonl"]
+    "filename",
+    [
+        "../../escape.jsonl",
+        "/tmp/abs.jsonl",
+        "..%2f..%2fx.jsonl",
+        "a\\..\\b.jsonl",
+        f"{OUTSIDE}/abs.jsonl",
+        "../outside/secret.txt",
+        "..%2foutside%2fsecret.txt",
+        "x\x00../../outside/secret.txt",
+    ],
 )
 def test_upload_filenames_with_paths_get_422_and_write_nothing_outside(
     api: Service, train_file: Path, filename: str
 ):
-    outer = api.data_dir.parent
-    before = _tree(outer, api.data_dir)
+    filename = _fill(filename, _outside(api))
+    watch = _Watch(api, filename)
     r = api.client().post(
         "/v1/files",
         files={"file": (filename, train_file.read_bytes())},
@@ -227,20 +341,85 @@ def test_upload_filenames_with_paths_get_422_and_write_nothing_outside(
     )
     assert r.status_code == 422, r.text
     assert r.json()["problems"][0]["field"] == "file.filename"
-    assert _tree(outer, api.data_dir) == before
+    watch.assert_untouched()
     assert not list(api.data_dir.glob("files/*escape*"))
 
 
-@pytest.mark.parametrize("name", ["../plan.json", "..%2fplan.json", "a/../../b", "x%00y"])
+def test_an_upload_named_like_a_planted_symlink_never_writes_through_it(
+    api: Service, train_file: Path
+):
+    # The server stores uploads under ids of its own: a symlink waiting at the name a
+    # client sends is never followed.
+    outside = _outside(api)
+    files = api.data_dir / "files"
+    files.mkdir(exist_ok=True)
+    trap = files / "trap.jsonl"
+    if not trap.is_symlink():
+        trap.symlink_to(outside / "secret.txt")
+    watch = _Watch(api, str(outside / "secret.txt"))
+    r = api.client().post(
+        "/v1/files",
+        files={"file": ("trap.jsonl", train_file.read_bytes())},
+        data={"purpose": "fine-tune"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == "trap.jsonl"
+    assert (files / f"{r.json()['id']}.jsonl").is_file()
+    assert not (files / f"{r.json()['id']}.jsonl").is_symlink()
+    watch.assert_untouched()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../plan.json",
+        "..%2fplan.json",
+        "a/../../b",
+        "x%00y",
+        "..%2f..%2f..%2f..%2foutside%2fsecret.txt",
+        "../../../../outside/secret.txt",
+        "%2fetc%2fpasswd",
+        "/etc/passwd",
+    ],
+)
 def test_artifact_names_with_paths_get_422(
     api: Service, train_file: Path, tiny_model: Path, name: str
 ):
+    outside = _outside(api)
     file_id = api.upload(train_file)["id"]
     job = api.submit(_job_body(tiny_model, file_id))
+    adapter = api.data_dir / "jobs" / job["id"] / "adapter"
+    watch = _Watch(api, name, extra_bases=(adapter,))
     # sent raw: an HTTP client would normalise the dot segments away
     head = f"GET /v1/jobs/{job['id']}/artifacts/{name} HTTP/1.1\r\nHost: x\r\n{_auth()}"
     answer = _raw(api.port, (head + "Connection: close\r\n\r\n").encode(), [])
     assert answer.startswith(b"HTTP/1.1 422"), (name, answer[:300])
+    assert (outside / "secret.txt").read_bytes() not in answer
+    watch.assert_untouched()
+
+
+def test_symlinked_artifacts_are_neither_listed_nor_served(
+    api: Service, train_file: Path, tiny_model: Path
+):
+    outside = _outside(api)
+    secret = (outside / "secret.txt").read_bytes()
+    file_id = api.upload(train_file)["id"]
+    job = api.submit(_job_body(tiny_model, file_id))
+    adapter = api.data_dir / "jobs" / job["id"] / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "leak.txt").symlink_to(outside / "secret.txt")
+    (adapter / "dir").symlink_to(outside, target_is_directory=True)
+    watch = _Watch(api, str(outside / "secret.txt"))
+    c = api.client()
+    listed = c.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
+    assert [a["name"] for a in listed] == ["adapter_config.json"]
+    assert c.get(f"/v1/jobs/{job['id']}/artifacts/adapter_config.json").status_code == 200
+    for name, status in (("leak.txt", 404), ("dir", 404), ("dir/secret.txt", 422)):
+        r = c.get(f"/v1/jobs/{job['id']}/artifacts/{name}")
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert secret not in r.content
+    watch.assert_untouched()
 
 
 # -- 10. upload limits, remote code, pickles -----------------------------------------------
@@ -265,16 +444,68 @@ def _raw(port: int, head: bytes, body_chunks: list[bytes], pause: float = 0.0) -
         return data
 
 
+@dataclass
+class Streamed:
+    answer: bytes
+    chunks_sent: int  # body chunks sent before the answer arrived
+    closed: bool  # the server closed the connection after answering
+
+
+def _stream(port: int, head: bytes, chunks: list[bytes], pause: float = 0.02) -> Streamed:
+    """Send `head`, then the body one chunk at a time, `pause` apart, and stop sending the
+    moment the server answers. A server that reads the whole body before answering is
+    caught: its answer arrives only after the last chunk."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sent = 0
+        while not select.select([sock], [], [], pause)[0]:
+            if sent == len(chunks):
+                select.select([sock], [], [], 10)
+                break
+            try:
+                sock.sendall(chunks[sent])
+            except OSError:  # the server closed while we were still sending
+                break
+            sent += 1
+        answer, closed = b"", False
+        sock.settimeout(10)
+        try:
+            while data := sock.recv(65536):
+                answer += data
+            closed = True
+        except OSError:
+            pass
+        return Streamed(answer, sent, closed)
+
+
+def _chunked(chunks: list[bytes]) -> list[bytes]:
+    return [f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks] + [b"0\r\n\r\n"]
+
+
+def _upload_head(auth: str, framing: str = "Transfer-Encoding: chunked") -> bytes:
+    return (
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + f"Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
+PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+
+
 def _auth() -> str:
     return f"Authorization: Bearer {KEY_A}\r\n"
 
 
+def _stored(api: Service) -> tuple[set[str], list[str]]:
+    folder = api.data_dir / "files"
+    files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    ids = [f["id"] for f in api.client().get("/v1/files", params={"limit": 1000}).json()["data"]]
+    return files, ids
+
+
 def test_declared_oversize_upload_is_413_before_any_body(api: Service):
-    head = (
-        "POST /v1/files HTTP/1.1\r\nHost: x\r\n"
-        + _auth()
-        + "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 50000000000\r\n\r\n"
-    ).encode()
+    head = _upload_head(_auth(), "Content-Length: 50000000000")
     started = time.monotonic()
     answer = _raw(api.port, head, [])  # not one body byte is sent
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -282,18 +513,42 @@ def test_declared_oversize_upload_is_413_before_any_body(api: Service):
 
 
 def test_chunked_oversize_upload_is_413_while_streaming(api: Service):
-    head = (
-        "POST /v1/files HTTP/1.1\r\nHost: x\r\n"
-        + _auth()
-        + "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
-    ).encode()
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+    before = _stored(api)
     line = b'{"text": "' + b"x" * 4000 + b'"}\n'
-    chunks = [part] + [line] * 200  # 800 KB, far over the 20 KB limit, no length declared
-    framed = [f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks]
-    answer = _raw(api.port, head, framed, pause=0.002)
-    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert not list(api.data_dir.glob("files/*.part"))
+    # 800 KB in 4 KB chunks, no length declared; the limit is 20 KB (+ 64 KiB of room for
+    # the multipart framing), so the server has what it needs to refuse by chunk 22.
+    chunks = _chunked([PART] + [line] * 200)
+    sent = _stream(api.port, _upload_head(_auth()), chunks)
+    assert sent.answer.startswith(b"HTTP/1.1 413"), sent.answer[:200]
+    assert b"LORACLE_MAX_UPLOAD_BYTES" in sent.answer
+    # Answered while most of the body was still to come, and the connection dropped.
+    assert sent.chunks_sent < len(chunks) // 4, (sent.chunks_sent, len(chunks))
+    assert sent.closed
+    assert _stored(api) == before, "nothing was stored"
+
+
+@pytest.mark.parametrize(
+    ("auth", "framing"),
+    [
+        ("", "Transfer-Encoding: chunked"),
+        ("Authorization: Bearer wrong\r\n", "Transfer-Encoding: chunked"),
+        ("Authorization: Basic Zm9vOmJhcg==\r\n", "Transfer-Encoding: chunked"),
+        ("", "Content-Length: 810000"),
+        ("", "Content-Length: 50000000000"),
+    ],
+)
+def test_upload_without_a_valid_key_is_401_before_its_body(api: Service, auth: str, framing: str):
+    before = _stored(api)
+    line = b'{"text": "' + b"x" * 4000 + b'"}\n'
+    chunks = [PART] + [line] * 200
+    body = _chunked(chunks) if "chunked" in framing else chunks
+    sent = _stream(api.port, _upload_head(auth, framing), body, pause=0.05)
+    assert sent.answer.startswith(b"HTTP/1.1 401"), sent.answer[:300]
+    assert b'"error":"unauthorized"' in sent.answer.replace(b" ", b"")
+    assert b"www-authenticate: bearer" in sent.answer.lower()
+    assert sent.chunks_sent == 0, "the 401 came before any of the body was sent"
+    assert sent.closed
+    assert _stored(api) == before
 
 
 def test_model_asking_for_remote_code_is_refused(
