@@ -101,11 +101,19 @@ class JobLifecycle(RuleBasedStateMachine):
             assert recorded is None, "a worker without the lease must write nothing"
             assert after.status == before.status
             return
-        if outcome == store.SUCCEEDED and before.cancel_requested_at is not None:
-            assert recorded == store.CANCELLED
+        # The model's own account of the order of events decides, not the row's flag: a
+        # cancel the API accepted while the job ran came before this success.
+        assert (before.cancel_requested_at is not None) == self.cancel_accepted_while_running
+        if outcome == store.SUCCEEDED and self.cancel_accepted_while_running:
+            assert recorded == store.CANCELLED, "the cancel was accepted first: it wins"
             assert after.cancel_outcome and "cancel accepted" in after.cancel_outcome
+            assert after.cancel_requested_at is not None and after.finished_at is not None
+            assert after.cancel_requested_at <= after.finished_at, "the record shows the order"
         else:
+            # No cancel came first (or the run failed): the worker's outcome stands.
             assert recorded == outcome
+            if outcome == store.SUCCEEDED:
+                assert after.cancel_outcome is None
 
     @precondition(lambda self: self.tokens)
     @rule()
@@ -130,6 +138,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
     @rule()
     def lease_expires_and_reaper_runs(self) -> None:
+        before = self._job()
         with session(self.url) as s:
             s.execute(
                 update(JobRow)
@@ -137,6 +146,9 @@ class JobLifecycle(RuleBasedStateMachine):
                 .values(lease_expires_at=now().replace(year=2000))
             )
             store.reap(s, MAX_ATTEMPTS)
+        if before.status == store.RUNNING and self.cancel_accepted_while_running:
+            # A dead worker's job with a cancel accepted is cancelled, never run again.
+            assert self._job().status == store.CANCELLED
 
     @invariant()
     def transitions_are_allowed_and_terminal_states_stay(self) -> None:
