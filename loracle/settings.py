@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,7 +50,11 @@ class Settings(BaseSettings):
         description="A running job whose worker has not renewed its lease for this long is "
         "requeued (or failed, after max_attempts). See docs/operations.md.",
     )
-    heartbeat_s: float = Field(default=10.0, gt=0, description="How often a worker renews.")
+    heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a worker renews its lease; must be shorter than lease_ttl_s.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Starts a job may have before it ends failed."
     )
@@ -86,6 +90,20 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> Settings:
+        # A lease renewed less often than it lasts expires between two heartbeats: the
+        # reaper would requeue every running job while its worker is alive and training.
+        if self.heartbeat_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"LORACLE_HEARTBEAT_S={self.heartbeat_s:g} must be shorter than "
+                f"LORACLE_LEASE_TTL_S={self.lease_ttl_s:g}: a lease renewed less often than "
+                "it lasts expires while its worker is still training, and the job is requeued "
+                "and run again. Keep several heartbeats per lease (the defaults are 10 s and "
+                "60 s)"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
