@@ -3,10 +3,15 @@
 Settings chosen for long GPU jobs, each with the guarantee it buys:
 - JSON only (``accept_content=["json"]``): a message can never make a worker
   unpickle attacker-chosen bytes.
+  https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
+  https://docs.celeryq.dev/en/stable/userguide/security.html#serializers
 - ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a job is acknowledged
   when it ends, not when it starts, and a worker holds one job at a time, so a
-  worker that dies mid-job does not take queued jobs down with it (Celery docs,
-  "Optimizing: Prefetch limits"; "Tasks: acks_late").
+  worker that dies mid-job does not take queued jobs down with it.
+  https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+  https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+  https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
+  https://docs.celeryq.dev/en/stable/faq.html#faq-acks-late-vs-retry
 - Tasks carry only a job id; the job store holds everything else.
 - No result backend: the job store is where results live.
 
@@ -37,11 +42,17 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         # timeout (one hour by default) -- even while its job is still training
         # (celery#5935, celery#3430). We keep the timeout long and make a second
         # delivery harmless instead: the job's lease in the store turns it away.
+        # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+        # https://github.com/celery/celery/issues/5935
+        # https://github.com/celery/celery/issues/3430
         timeout = settings.broker_visibility_timeout_s
         return settings.broker_url, {
             "visibility_timeout": timeout,
             # kombu sweeps for expired messages every interval x throttle seconds
-            # (100 s by default); keep the sweep well inside a short timeout.
+            # (100 s by default); keep the sweep well inside a short timeout, so a
+            # forced redelivery (the duplicate-delivery test) happens mid-job.
+            # See "Transport Options" in
+            # https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.redis.html
             "unacked_restore_interval": max(1, min(10, int(timeout / 2))),
             "unacked_restore_throttle": 1 if timeout < 600 else 10,
         }
@@ -73,7 +84,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # Publishing gives up after about two seconds when the broker is down: the
-        # job is already committed to the store, and the dispatcher sends it later.
+        # job is already committed to the store, and the dispatcher sends it later,
+        # so POST /v1/jobs answers 201 in seconds instead of hanging (Celery's
+        # default policy retries 3 times, up to 1 s apart, per publish).
+        # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-publish-retry-policy
+        # https://docs.celeryq.dev/en/stable/userguide/calling.html#message-sending-retry
         task_publish_retry_policy={
             "max_retries": 2,
             "interval_start": 0.2,
@@ -84,12 +99,13 @@ def make_celery(settings: Settings) -> Celery:
         # A worker whose pool process dies (SIGKILL, OOM) acknowledges the message
         # rather than requeueing it: requeueing would loop a job that kills its
         # process every time. The store's lease notices the dead worker and requeues
-        # the job a bounded number of times (max_attempts). Celery docs:
-        # "task_reject_on_worker_lost".
+        # the job a bounded number of times (max_attempts).
+        # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
         task_reject_on_worker_lost=False,
         # Losing the broker connection must not stop a job that is training: its
         # state lives in the store, not in the broker. (Celery 5.x warns this
         # default will change; we set it explicitly.)
+        # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
