@@ -14,7 +14,6 @@ would come only after the whole upload was spooled to disk. The check is the rou
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -40,9 +39,10 @@ class _TooLarge(HTTPException):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_upload_bytes: Callable[[], int]) -> None:
+    """The limits of the app's own settings (``create_app(settings)``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -59,9 +59,10 @@ class BodyLimit:
                 response = error_response(exc.status, exc.error, exc.detail, headers=headers)
                 await response(scope, receive, send)
                 return
-        limit = self.max_upload_bytes() + MULTIPART_SLACK if upload else JSON_BODY_LIMIT
+        max_upload = _settings(scope).max_upload_bytes
+        limit = max_upload + MULTIPART_SLACK if upload else JSON_BODY_LIMIT
         what = (
-            f"upload larger than the limit of {self.max_upload_bytes()} bytes; split the data or "
+            f"upload larger than the limit of {max_upload} bytes; split the data or "
             "raise LORACLE_MAX_UPLOAD_BYTES"
             if upload
             else f"request body larger than {JSON_BODY_LIMIT} bytes"

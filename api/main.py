@@ -96,12 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     errors.install(app)
-    app.add_middleware(
-        BodyLimit,
-        max_upload_bytes=lambda: (
-            app.dependency_overrides.get(get_settings, get_settings)().max_upload_bytes
-        ),
-    )
+    app.add_middleware(BodyLimit)
     # Every endpoint but /healthz (and the API's own documentation) needs a valid key.
     authenticated = [Depends(get_owner)]
     documented = error_responses(401, 413, 422)

@@ -396,10 +396,21 @@ def up(
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # Refused LORACLE_* settings: say which and why, without a traceback.
+        for error in exc.errors():
+            where = "".join(f"LORACLE_{str(p).upper()}" for p in error["loc"][:1])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error[/red] {where + ': ' if where else ''}{message}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

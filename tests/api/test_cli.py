@@ -127,3 +127,27 @@ def test_config_json_with_nan_names_the_key(tmp_path):
     r = runner.invoke(app, ["estimate", "--model", str(tmp_path)])
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
     assert "model.config" in r.output and "hidden_size" in r.output
+
+
+def test_refused_settings_are_one_line_each_and_exit_2_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "LORACLE_DATA_DIR": str(tmp_path),
+        "LORACLE_AUTH_DISABLED": "1",
+        "LORACLE_HEARTBEAT_S": "100",
+    }
+    for command in ("serve", "worker"):
+        done = subprocess.run(
+            [sys.executable, "-m", "loracle.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "LORACLE_HEARTBEAT_S=100 must be shorter than LORACLE_LEASE_TTL_S" in done.stderr
+        assert "Traceback" not in done.stderr + done.stdout

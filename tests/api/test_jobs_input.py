@@ -80,3 +80,19 @@ def test_auto_refuses_a_config_the_advisor_cannot_read_and_a_named_variant_takes
     # A named variant needs no advice: the value is in a key the worker never reads.
     named = client.post("/v1/jobs", json={**body, "variant": "lora"})
     assert named.status_code == 201, named.text
+
+
+def test_an_apps_own_upload_limit_is_enforced_before_the_body(tmp_path):
+    # create_app(settings): the limit is the app's, not the environment's (512 MiB here).
+    with client_for(settings_for(tmp_path, max_upload_bytes=1000)) as client:
+        big = b'{"text": "' + b"x" * 200_000 + b'"}\n'
+        r = client.post(
+            "/v1/files",
+            files={"file": ("big.jsonl", big, "application/jsonl")},
+            data={"purpose": "fine-tune"},
+        )
+    assert r.status_code == 413
+    # The middleware answered from the declared length (and closes the connection):
+    # the route, which counts the bytes it reads, words its refusal differently.
+    assert r.json()["detail"].startswith("upload larger than the limit of 1000 bytes")
+    assert r.headers["connection"] == "close"
