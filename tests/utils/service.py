@@ -165,8 +165,9 @@ class Service:
         until: Callable[[dict[str, Any]], bool] | None = None,
         timeout: float = 240,
         client: httpx.Client | None = None,
+        interval: float = 0.3,
     ) -> dict[str, Any]:
-        """Poll until ``until(job)`` (default: a terminal status)."""
+        """Poll every ``interval`` seconds until ``until(job)`` (default: a terminal status)."""
         done = until or (lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
         box: dict[str, Any] = {}
 
@@ -174,18 +175,22 @@ class Service:
             box["job"] = self.job(job_id, client)
             return bool(done(box["job"]))
 
-        wait_for(check, timeout, f"job {job_id}", self)
+        wait_for(check, timeout, f"job {job_id}", self, interval)
         return dict(box["job"])
 
 
 def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, service: Service | None = None
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    service: Service | None = None,
+    interval: float = 0.3,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.3)
+        time.sleep(interval)
     tail = service.log_tail() if service else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
 

@@ -303,3 +303,16 @@ def test_publish_dir_replaces_atomically_and_keeps_old_on_failure(tmp_path):
         artifacts.publish_dir(tmp_path, "adapter", failing)
     assert (tmp_path / "adapter" / "f.txt").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_cpu_peak_memory_is_the_kernels_high_water_mark_since_start():
+    from worker.training import MemoryMonitor
+
+    before = bytearray(150 * 2**20)  # a peak before the run must not count
+    del before
+    monitor = MemoryMonitor("cpu").start()
+    spike = bytearray(100 * 2**20)  # touched (zeroed) pages: RSS
+    del spike
+    peak = monitor.stop()
+    assert "high-water mark" in peak.measures
+    assert 95 * 2**20 < peak.rss_growth_bytes < 140 * 2**20, peak
