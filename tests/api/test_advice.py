@@ -29,6 +29,20 @@ PROFILE = {
 }
 
 
+# Qwen2.5-0.5B's shape (GQA, tied embeddings).
+QWEN_CONFIG = {
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+}
+
+
 def test_recommendation_answers_the_contract(client):
     r = client.post("/v1/recommendations", json=PROFILE)
     assert r.status_code == 200, r.text
@@ -45,16 +59,7 @@ def test_recommendation_answers_the_contract(client):
 
 
 def test_model_config_is_accepted(client):
-    cfg = {
-        "model_type": "qwen2",
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "vocab_size": 151936,
-        "tie_word_embeddings": True,
-    }
+    cfg = QWEN_CONFIG
     r = client.post(
         "/v1/recommendations",
         json={"hardware": {"gpu": "t4"}, "model": {"config": cfg}, "goal": {"priority": "memory"}},
@@ -148,17 +153,6 @@ def test_unknown_route_is_404_in_the_error_shape(client):
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-QWEN_CONFIG = {
-    "model_type": "qwen2",
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 32768,
-}
 LLAMA = '"model": {"name": "meta-llama/Llama-2-7b-hf"}'
 QWEN = '"model": {"config": ' + json.dumps(QWEN_CONFIG)[:-1] + ', "rope_theta": NaN}}'
 

@@ -22,6 +22,7 @@ from sqlalchemy import update
 from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow, now
+from tests.utils.builders import add_placeholder_file
 from tests.utils.postgres import fresh_database
 
 ALLOWED = {
@@ -45,20 +46,8 @@ class JobLifecycle(RuleBasedStateMachine):
         else:
             self.url = self.database_url
         self.job_id = store.new_id("job")
-        file_id = store.new_id("file")
         with session(self.url) as s:
-            store.add_file(
-                s,
-                id=file_id,
-                owner=None,
-                filename="t.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                rows=1,
-                format="text",
-                sha256="0" * 64,
-                path="/dev/null",
-            )
+            file_id = add_placeholder_file(s)
             s.add(
                 JobRow(
                     id=self.job_id,

@@ -259,3 +259,24 @@ class RecordingHooks(TrainingHooks):
 
     def of_type(self, type: str) -> list[dict[str, Any]]:
         return [data for kind, data in self.events if kind == type]
+
+
+def add_placeholder_file(s: Any, owner: str | None = None) -> str:
+    """A file row in the job store for tests that need a job but never read its data;
+    returns its id. ``s`` is an open store session."""
+    from loracle.store import jobs as store
+
+    file_id = store.new_id("file")
+    store.add_file(
+        s,
+        id=file_id,
+        owner=owner,
+        filename="t.jsonl",
+        purpose="fine-tune",
+        bytes=1,
+        rows=1,
+        format="text",
+        sha256="0" * 64,
+        path="/dev/null",
+    )
+    return file_id

@@ -15,7 +15,7 @@ from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow
-from tests.utils.builders import plan_dict
+from tests.utils.builders import add_placeholder_file, plan_dict
 from worker.plan import load_plan
 from worker.service import StoreHooks
 from worker.training import run_training
@@ -31,21 +31,9 @@ def settings(tmp_path: Path) -> Settings:
 def running_job(settings: Settings) -> tuple[str, int]:
     """A job in the store, taken by this process: its id and fencing token."""
     url = settings.resolved_database_url
-    job_id, file_id = store.new_id("job"), store.new_id("file")
+    job_id = store.new_id("job")
     with session(url) as s:
-        store.add_file(
-            s,
-            id=file_id,
-            owner=None,
-            filename="t.jsonl",
-            purpose="fine-tune",
-            bytes=1,
-            rows=1,
-            format="text",
-            sha256="0" * 64,
-            path="/dev/null",
-            token_stats={},
-        )
+        file_id = add_placeholder_file(s)
         store.add_job(
             s,
             id=job_id,
