@@ -96,6 +96,41 @@ def test_results_file_shape(smoke):
     )
 
 
+def _shape(value, depth: int):
+    """The nested keys of a results file, to `depth` levels."""
+    if depth == 0 or not isinstance(value, dict):
+        return None
+    return {key: _shape(item, depth - 1) for key, item in value.items()}
+
+
+def _missing(expected, actual, where="results") -> list[str]:
+    if expected is None:
+        return []
+    if actual is None:
+        return [where]
+    gaps = []
+    for key, sub in expected.items():
+        if key not in actual:
+            gaps.append(f"{where}.{key}")
+        else:
+            gaps += _missing(sub, actual[key], f"{where}.{key}")
+    return gaps
+
+
+def test_smoke_writes_every_field_the_published_full_run_wrote(smoke):
+    # The smoke mode is the quick and full modes' pipeline with a toy base and fewer steps:
+    # its results file must hold everything the published run's does (keys, three levels
+    # deep; the seed-indexed tables below that vary with the mode's seeds and sweep).
+    published = json.loads((ROOT / "bench" / "results" / "evidence.json").read_text())
+    results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
+    published_shape = _shape(published, 3)
+    for table in ("runs", "sweep_table", "best_learning_rate", "per_variant"):
+        published_shape[table] = None  # keyed by the mode's seeds and learning rates
+    # The smoke mode skips the minute-long 7B trace (Mode.trace_7b); the analytic one stays.
+    published_shape["estimate_7b"].pop("traced_seq_len_2048")
+    assert _missing(published_shape, _shape(results, 3)) == []
+
+
 def test_every_run_is_evaluated_from_step_zero_to_the_end(smoke):
     results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
     runs = results["runs"]
