@@ -25,6 +25,8 @@ needs nothing but a directory both processes can reach.
 
 from __future__ import annotations
 
+import base64
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -114,3 +116,45 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache(maxsize=4)
 def celery_for(settings_json: str) -> Celery:
     return make_celery(Settings.model_validate_json(settings_json))
+
+
+def waiting_job_ids(settings: Settings) -> set[str]:
+    """The ids of the jobs whose messages wait in the broker's queue, not yet taken by any
+    worker. Reads the queue without consuming it: Redis's lists (kombu keeps one per
+    priority step), or the embedded broker's message files. Raises when the broker cannot
+    be read."""
+    raw: list[bytes | str] = []
+    if settings.broker_url:
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        try:
+            names = [QUEUE] + [f"{QUEUE}\x06\x16{step}" for step in (3, 6, 9)]
+            for name in names:
+                raw += client.lrange(name, 0, -1)
+        finally:
+            client.close()
+    else:
+        folder = Path(settings.data_dir) / "broker" / "queue"
+        for path in folder.glob(f"*.{QUEUE}.msg") if folder.is_dir() else ():
+            try:
+                raw.append(path.read_bytes())
+            except FileNotFoundError:  # taken by a worker while we looked
+                continue
+    return {job_id for message in raw if (job_id := _job_id_of(message))}
+
+
+def _job_id_of(message: bytes | str) -> str | None:
+    """The job id a run_job message carries (kombu's JSON envelope around Celery's
+    protocol-2 body of [args, kwargs, embed]), or None for anything else."""
+    try:
+        envelope = json.loads(message)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None

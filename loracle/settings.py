@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the API re-sends queued jobs the broker never received.",
     )
+    lost_message_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A queued job sent to the broker longer ago than this, whose message is "
+        "neither waiting in the broker's queue nor being run (a worker took it and died "
+        "before starting the job), is sent again.",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -204,6 +204,21 @@ class StoreHooks(TrainingHooks):
         return self._stop
 
 
+def fault_before_lease(settings: Settings, job_id: str) -> None:
+    """Fault injection for the reliability tests: ``LORACLE_FAULT_KILL_BEFORE_LEASE=1`` makes
+    the process that received a job's message SIGKILL itself before taking the job's lease,
+    on the first delivery of each job only: the message is gone and the job still queued.
+    Unset in production."""
+    if os.environ.get("LORACLE_FAULT_KILL_BEFORE_LEASE") != "1":
+        return
+    marker = Path(settings.data_dir) / "faults" / f"{job_id}.before-lease"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fault_armed() -> bool:
     return "LORACLE_FAULT_KILL_AT_STEP" in os.environ
 
@@ -287,6 +302,7 @@ def execute_job(job_id: str, settings: Settings) -> str:
     """Run a job to its end if this process can take its lease; returns the job's
     status as this process leaves it. Safe to call for any delivery of any job."""
     url = settings.resolved_database_url
+    fault_before_lease(settings, job_id)
     with session(url) as s:
         job = store.get_job(s, job_id, any_owner=True)
         if job is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from advisor.variants import combination
 from api.errors import ApiError
 from api.jobs.schemas import Hyperparameters, JobCreate
 from api.paths import check_local_path, check_plain_name, looks_local
-from loracle.queue import RUN_JOB
+from loracle.queue import RUN_JOB, waiting_job_ids
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
@@ -335,10 +336,61 @@ def broker_restarted(settings: Settings) -> bool:
         client.close()
 
 
+def mark_lost_messages(settings: Settings) -> list[str]:
+    """Queued jobs whose message is gone: sent more than ``lost_message_after_s`` ago,
+    still queued, and not waiting in the broker's queue. A worker took the message and
+    died before it could take the job's lease (a pool process killed, or the whole worker
+    killed with messages it had reserved): Celery acknowledges the message of a dead
+    process (``task_reject_on_worker_lost=False``, see loracle/queue.py) and the embedded
+    broker deletes a message file when it is read, so no broker sends it again. Marks them
+    for sending; returns their ids.
+
+    A job whose message a worker took in the same instant, before its lease, can be sent
+    twice; the second delivery finds the lease taken and exits without training."""
+    cutoff = now() - timedelta(seconds=settings.lost_message_after_s)
+    url = settings.resolved_database_url
+    with session(url) as s:
+        stale = list(
+            s.scalars(
+                select(JobRow.id).where(JobRow.status == store.QUEUED, JobRow.enqueued_at < cutoff)
+            )
+        )
+    if not stale:
+        return []
+    waiting = waiting_job_ids(settings)
+    lost = []
+    with session(url) as s:
+        for job_id in stale:
+            if job_id in waiting:
+                continue
+            result = s.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.status == store.QUEUED,
+                    JobRow.enqueued_at < cutoff,
+                )
+                .values(enqueued_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0):
+                lost.append(job_id)
+                store.add_event(
+                    s,
+                    job_id,
+                    "message_lost",
+                    "the broker no longer holds this job's message (a worker took it and "
+                    "stopped before starting the job); sending it again",
+                    {"sent_before": cutoff.isoformat()},
+                    "warning",
+                )
+    return lost
+
+
 def dispatch_pending(settings: Settings, queue: Celery) -> int:
     """One round of the dispatcher: requeue jobs whose worker stopped heart-beating
-    (or fail them after max_attempts), then send every queued job the broker does not
-    hold. Returns how many were sent."""
+    (or fail them after max_attempts), find queued jobs whose message was lost, then
+    send every queued job the broker does not hold. Returns how many were sent."""
     with session(settings.resolved_database_url) as s:
         for job_id, status in store.reap(s, settings.max_attempts):
             log.warning("job %s: worker lost, now %s", job_id, status)
@@ -348,6 +400,8 @@ def dispatch_pending(settings: Settings, queue: Celery) -> int:
                 s.execute(
                     update(JobRow).where(JobRow.status == store.QUEUED).values(enqueued_at=None)
                 )
+        for job_id in mark_lost_messages(settings):
+            log.warning("job %s: its message was lost; sending it again", job_id)
     except Exception as exc:  # broker down: the sends below fail and are retried later
         log.warning("broker check failed: %s", exc)
     with session(settings.resolved_database_url) as s:

@@ -286,3 +286,38 @@ def test_training_that_raises_mid_run_fails_once_and_the_worker_goes_on(
     time.sleep(3)  # nothing loops: the failed job stays failed and is not started again
     again = service.job(failing["id"])
     assert again["status"] == "failed" and again["attempts"] == 1
+
+
+@pytest.mark.parametrize("broker", ["embedded", "redis"])
+def test_worker_killed_before_taking_the_lease_gets_the_job_sent_again(
+    tmp_path: Path,
+    model_root: Path,
+    tiny_model: Path,
+    train_file: Path,
+    redis_db: int,
+    broker: str,
+):
+    # The pool process takes the message and dies before the job's lease: Celery acks a dead
+    # process's message (Redis) and the embedded broker deleted its file when it was read,
+    # so only the job store still knows the job. It must be sent again, within
+    # LORACLE_LOST_MESSAGE_AFTER_S + the dispatch interval, and train once.
+    extra = {**FAST_LEASES, "LORACLE_LOST_MESSAGE_AFTER_S": "4"}
+    if broker == "redis":
+        extra["LORACLE_BROKER_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+    service = Service.create(tmp_path / "svc", model_root, **extra)
+    service.start_api()
+    try:
+        service.env["LORACLE_FAULT_KILL_BEFORE_LEASE"] = "1"
+        service.start_worker()
+        job = _submit(service, tiny_model, train_file, max_steps=4, checkpoint_steps=None)
+        done = service.wait(job["id"], timeout=120)
+        assert done["status"] == "succeeded", service.log_tail()
+        assert done["attempts"] == 1, "the lost delivery never took the lease"
+        assert (service.data_dir / "faults" / f"{job['id']}.before-lease").exists()
+        types = _types(service.events(job["id"]))
+        # Sent again at least once; a second send while the worker replaced its dead process
+        # is harmless (a delivery that finds the lease taken exits) and bounded.
+        assert 1 <= types.count("message_lost") <= 3, types
+        assert types.count("started") == 1, types
+    finally:
+        service.stop()
