@@ -1,4 +1,5 @@
-# Two images from one file: `api` (no torch) and `worker` (torch + the training stack).
+# Two images from one file: `api` (the API, with torch's CPU build for memory traces) and
+# `worker` (torch + the training stack).
 # On linux/x86_64 PyPI's torch==2.13.0 wheel is the CUDA build the worker needs.
 FROM python:3.11-slim AS base
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 LORACLE_DATA_DIR=/data
@@ -10,7 +11,14 @@ COPY worker ./worker
 COPY loracle ./loracle
 
 FROM base AS api
-RUN pip install '.[postgres]'
+# `"method": "trace"` estimates run `python -m worker trace` in a subprocess of the API
+# (worker/memtrace/runner.py), which imports torch, transformers, peft and bitsandbytes: the
+# worker extra. A trace runs on the CPU with meta tensors and needs no CUDA, so torch comes
+# from PyTorch's CPU wheel index first (a few hundred MB instead of PyPI's CUDA build and its
+# several GB of nvidia-* wheels); 2.13.0+cpu satisfies the extra's torch==2.13.0 pin, so the
+# second install keeps it.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install '.[worker,postgres]'
 EXPOSE 8000
 CMD ["loracle", "serve", "--host", "0.0.0.0", "--port", "8000"]
 

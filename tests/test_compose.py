@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -83,3 +85,38 @@ def test_api_starts_with_the_keys_the_host_exports_and_says_what_is_missing():
     )
     assert configuration_problem(settings) is None
     assert settings.api_key_hashes == hashes
+
+
+def _stage_installs(stage: str) -> list[list[str]]:
+    """The `pip install` commands of a Dockerfile stage, in order, as argument lists."""
+    stages = re.split(r"^FROM \S+ AS (\w+)$", DOCKERFILE, flags=re.M)
+    body = dict(zip(stages[1::2], stages[2::2], strict=True))[stage]
+    runs = re.findall(r"^RUN (.*?)(?<!\\)$", body.replace("\\\n", " "), flags=re.M | re.S)
+    return [
+        shlex.split(command)[2:]
+        for run in runs
+        for command in run.split("&&")
+        if shlex.split(command)[:2] == ["pip", "install"]
+    ]
+
+
+def test_api_image_can_trace_with_a_cpu_torch():
+    """POST /v1/estimates with method "trace" runs `python -m worker trace` inside the api
+    container: its image needs the worker extra, with torch's CPU build (meta tensors need no
+    CUDA) installed before the extra so the extra's pin is met by it."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    worker_extra = pyproject["project"]["optional-dependencies"]["worker"]
+    torch_pin = next(d for d in worker_extra if d.startswith("torch=="))
+    installs = _stage_installs("api")
+    cpu = [i for i, args in enumerate(installs) if "https://download.pytorch.org/whl/cpu" in args]
+    assert cpu, "the api stage does not install torch from the CPU wheel index"
+    assert torch_pin in installs[cpu[0]] and "--index-url" in installs[cpu[0]]
+    extras = [
+        (i, set(m.group(1).split(",")))
+        for i, args in enumerate(installs)
+        for arg in args
+        if (m := re.fullmatch(r"\.\[([\w,]+)\]", arg))
+    ]
+    assert any(i > cpu[0] and "worker" in names for i, names in extras), installs
+    # The worker image keeps PyPI's CUDA build.
+    assert not any("download.pytorch.org" in a for args in _stage_installs("worker") for a in args)

@@ -4,6 +4,7 @@ them: a subprocess with a time limit, a memory and disk cache, 422s that name th
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -131,6 +132,31 @@ def test_a_trace_past_its_time_limit_is_a_422_not_a_500(data_dir):
     assert "did not finish within 0.5 s" in r.json()["detail"]
     with pytest.raises(TraceFailed):
         slow.run(_payload_of(body))
+
+
+def test_without_the_worker_libraries_a_trace_is_a_422_that_names_the_fix(data_dir, tmp_path):
+    """The core install (the API without the worker extra) has no torch: the runner says so
+    before starting a trace. Its Python here is this interpreter with site-packages off
+    (`-I -S`), where torch, transformers and peft really cannot be found."""
+    bare = tmp_path / "python-without-site-packages"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    bare.chmod(0o755)
+    runner = TraceRunner(cache_dir=None, python=str(bare))
+    with pytest.raises(TraceFailed) as caught:
+        runner.run(_payload_of(BODY))
+    assert caught.value.field == "method"
+    for text in ("torch", "transformers", "peft", "bitsandbytes", "pip install 'loracle[worker]'"):
+        assert text in caught.value.message
+    assert runner.runs == 0  # no trace subprocess was started
+    app_client = client_for(settings_for(data_dir / "bare"))
+    app_client.app.dependency_overrides[service.get_trace_runner] = lambda: runner
+    r = app_client.post("/v1/estimates", json=BODY)
+    assert r.status_code == 422, r.text
+    problem = r.json()["problems"][0]
+    assert problem["field"] == "method"
+    assert "loracle[worker]" in problem["message"] and "analytic" in problem["message"]
+    # With the libraries there (this interpreter as it is), the same check lets it through.
+    assert TraceRunner(cache_dir=None)._missing(["torch", "transformers", "peft"]) == []
 
 
 def test_cli_estimate_trace_prints_the_api_answer(monkeypatch, data_dir, traced, tmp_path):

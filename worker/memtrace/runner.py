@@ -15,6 +15,7 @@ writers and crashes leave either a whole answer or none.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -36,6 +37,16 @@ TRACER_VERSION = 2  # 2: Gemma-2 and other sdpa-less families traced with eager 
 DEFAULT_TIMEOUT_S = 180.0
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 EXIT_REFUSED = 2
+# What `python -m worker trace` imports for every request; bitsandbytes only for a QLoRA
+# variant or an 8-bit optimizer (the worker imports it lazily).
+TRACE_MODULES = ("torch", "transformers", "peft")
+# Prints, of the module names it is given, those the interpreter cannot import (without
+# importing any: find_spec only locates them, so the probe takes milliseconds, not the
+# seconds an `import torch` takes).
+_PROBE = (
+    "import importlib.util, sys; "
+    "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+)
 
 
 class TraceFailed(Exception):
@@ -119,6 +130,7 @@ class TraceRunner:
         self._slots = threading.BoundedSemaphore(concurrency)
         self.versions = library_versions()
         self.runs = 0  # subprocesses started (for tests and metrics)
+        self._importable: set[str] = set()  # modules the probe found in `self.python`
 
     # -- cache ----------------------------------------------------------------------------
 
@@ -166,6 +178,7 @@ class TraceRunner:
         key = cache_key(payload, self.versions)
         hit = self._recall(key)
         if hit is None:
+            self._check_libraries(payload)
             with self._slots:
                 hit = self._recall(key)  # another caller may have traced it meanwhile
                 if hit is None:
@@ -179,6 +192,56 @@ class TraceRunner:
         if "refused" in hit:
             raise TraceFailed(hit["refused"]["field"], hit["refused"]["detail"])
         return hit
+
+    def _check_libraries(self, payload: Mapping[str, Any]) -> None:
+        """Refuse, naming the fix, when the interpreter that would trace lacks the worker's
+        libraries (the core install has no torch). Without this check the subprocess would
+        start and die on its first import, and the client would read an ImportError."""
+        wanted = list(TRACE_MODULES)
+        training = payload.get("training") or {}
+        variants = {payload.get("variant"), *(payload.get("combine_with") or [])}
+        if "qlora" in variants or str(training.get("optimizer", "")).endswith("8bit"):
+            wanted.append("bitsandbytes")
+        missing = self._missing([m for m in wanted if m not in self._importable])
+        if missing:
+            raise TraceFailed(
+                "method",
+                f"method 'trace' runs the worker's training stack, and {', '.join(missing)} "
+                f"cannot be imported by {self.python}: install the worker extra "
+                "(pip install 'loracle[worker]'), or use method 'analytic'",
+            )
+
+    def _missing(self, modules: list[str]) -> list[str]:
+        if not modules:
+            return []
+        if self.python == sys.executable:
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        else:
+            try:
+                proc = subprocess.run(
+                    [self.python, "-c", _PROBE, *modules],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TraceFailed(
+                    "method",
+                    f"the Python that runs traces ({self.python}) cannot be started ({exc}); "
+                    "use method 'analytic'",
+                ) from None
+            if proc.returncode != 0:
+                tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise TraceFailed(
+                    "method",
+                    f"the Python that runs traces ({self.python}) failed ({tail[0][:300]}); "
+                    "use method 'analytic'",
+                )
+            missing = proc.stdout.split()
+        # Only what was found is remembered: a library installed later is seen without a
+        # restart, and a found one stays found (the probe runs once per module).
+        self._importable.update(m for m in modules if m not in missing)
+        return missing
 
     def _subprocess(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         root = Path(__file__).resolve().parents[2]
