@@ -24,6 +24,11 @@ class PlanError(WorkerError, ValueError):
         )
 
 
+class LeaseLost(WorkerError):
+    """This process no longer owns the run it is training (its lease expired and another
+    process took the job over): it must stop without publishing anything."""
+
+
 class ModelSourceError(WorkerError):
     """A model source was refused: outside the allowed roots, asks for remote code, no weights."""
 

@@ -16,6 +16,9 @@ Semantics a caller relies on:
   once it says True the Trainer stops before the next optimizer step. The result has status
   "cancelled", no adapter is written (`adapter/` keeps whatever a previous successful run left
   there), and the checkpoints stay so a later run can resume.
+- Ownership: `hooks.owns_run()` is asked before a checkpoint is written, before it is
+  sealed, and before the adapter is published; when it says False the run raises
+  `LeaseLost` and writes nothing more (another process has taken the run over).
 - Checkpoints are complete or ignored. Once the Trainer has written `checkpoint-<step>/`,
   every file in it and the directory itself are fsynced, and only then is the completion
   marker `loracle-complete.json` (the step and each file's size) created atomically: written
@@ -53,6 +56,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from worker import artifacts, data, modeling, safety
+from worker.errors import LeaseLost
 from worker.plan import TrainingPlan
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -72,8 +76,10 @@ CHECKPOINT_MARKER_TMP = CHECKPOINT_MARKER + ".tmp"
 class TrainingHooks:
     """How a caller (a Celery task, the CLI) follows and steers a run. Override what you need.
 
-    `should_stop` is called after every micro-batch: keep it cheap (throttle a database
-    query on the caller's side).
+    `should_stop` is called after every micro-batch and every optimizer step: keep it cheap
+    at micro-batches (throttle a database query on the caller's side) and answer from the
+    source of truth at optimizer steps (``step_end=True``), so a cancel stops the run within
+    one optimizer step.
     """
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
@@ -91,9 +97,16 @@ class TrainingHooks:
     ) -> None:
         """Called at every logging step (`plan.logging_steps`)."""
 
-    def should_stop(self) -> bool:
-        """Return True to cancel the run cooperatively."""
+    def should_stop(self, step_end: bool = False) -> bool:
+        """Return True to cancel the run cooperatively. `step_end` is True at the end of an
+        optimizer step, False at the end of a micro-batch."""
         return False
+
+    def owns_run(self) -> bool:
+        """Asked right before a checkpoint is sealed and before the adapter is published:
+        False when another process has taken this run over (a lost lease), and this one
+        must write nothing more. Raise nothing; the run raises `LeaseLost`."""
+        return True
 
 
 class StepLog(BaseModel):
@@ -367,16 +380,16 @@ def _make_callback(hooks: TrainingHooks):
         def on_train_end(self, args, state, control, **kwargs):
             self.elapsed = time.perf_counter() - self.started
 
-        def _check_stop(self, state, control) -> None:
-            if self.cancelled_at is None and hooks.should_stop():
+        def _check_stop(self, state, control, step_end: bool) -> None:
+            if self.cancelled_at is None and hooks.should_stop(step_end=step_end):
                 self.cancelled_at = state.global_step
                 control.should_training_stop = True
 
         def on_substep_end(self, args, state, control, **kwargs):
-            self._check_stop(state, control)
+            self._check_stop(state, control, step_end=False)
 
         def on_step_end(self, args, state, control, **kwargs):
-            self._check_stop(state, control)
+            self._check_stop(state, control, step_end=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
@@ -425,15 +438,24 @@ def _fault_point(output_dir: str | Path, point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _trainer_class(trainer: type) -> type:
+def _ensure_owner(hooks: TrainingHooks, what: str) -> None:
+    if not hooks.owns_run():
+        raise LeaseLost(f"another process owns this run now; {what} not written")
+
+
+def _trainer_class(trainer: type, hooks: TrainingHooks) -> type:
     """The Trainer, with checkpoints sealed by a completion marker (see the module
-    docstring) and the fault-injection points of `_fault_point`."""
+    docstring), written only while this process owns the run (`hooks.owns_run`), and the
+    fault-injection points of `_fault_point`."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
     class LoracleTrainer(trainer):  # type: ignore[misc, valid-type]
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             run_dir = Path(self._get_output_dir(trial=trial))
             folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            # A process that lost its lease (paused past it) must not unseal, overwrite or
+            # rotate away the checkpoints of the process that took the job over.
+            _ensure_owner(hooks, folder.name)
             if self.args.should_save and folder.is_dir():
                 unseal_checkpoint(folder)
             # The Trainer rotates old checkpoints out at the end of its save; that must wait
@@ -449,6 +471,7 @@ def _trainer_class(trainer: type) -> type:
                 self.args.save_total_limit = limit
             if not self.args.should_save:  # not the saving process (distributed runs)
                 return
+            _ensure_owner(hooks, f"the seal of {folder.name}")
             seal_checkpoint(
                 folder,
                 self.state.global_step,
@@ -599,7 +622,7 @@ def run_training(
         )
 
         callback = _make_callback(hooks)
-        trainer = _trainer_class(Trainer)(
+        trainer = _trainer_class(Trainer, hooks)(
             model=model,
             args=_training_arguments(plan, device, checkpoints_dir),
             train_dataset=train.examples,
@@ -680,6 +703,7 @@ def run_training(
     metrics = result.model_dump(mode="json", exclude={"artifacts"})
     metrics["estimate"] = plan.estimate
     metrics["optimizer_groups"] = optimizer_groups(trainer.optimizer, model)
+    _ensure_owner(hooks, "the adapter")
     artifacts.write_adapter(
         model,
         output_dir,

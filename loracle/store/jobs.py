@@ -32,6 +32,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
+def store_now(s: Session) -> datetime:
+    """The time by the store's clock, for lease times. Workers, the API and its dispatcher
+    may run on different hosts; a lease stamped by one host's clock and judged by another's
+    expires early (or late) by their skew, and a worker whose clock runs 60 s behind would
+    see each of its live leases reaped. PostgreSQL's ``clock_timestamp()`` is one clock for
+    all of them (``now()`` would be the transaction's start). SQLite is a file on one host:
+    every process that opens it shares that host's clock already."""
+    if s.get_bind().dialect.name == "postgresql":
+        stamp = s.scalar(select(func.clock_timestamp()))
+        assert isinstance(stamp, datetime)
+        return stamp
+    return now()
+
+
 # -- files ----------------------------------------------------------------------------
 
 
@@ -142,7 +156,7 @@ def acquire(s: Session, job_id: str, worker: str, ttl_s: float, max_attempts: in
     worker stopped heart-beating) -> running here. Returns the new fencing token, or
     None when the job is not ours to run (finished, cancelled, leased by a live
     worker, or out of attempts: the reaper fails those)."""
-    stamp = now()
+    stamp = store_now(s)
     claimable = or_(
         JobRow.status == QUEUED,
         and_(JobRow.status == RUNNING, JobRow.lease_expires_at < stamp),
@@ -186,7 +200,7 @@ def heartbeat(s: Session, job_id: str, token: int, ttl_s: float) -> bool:
     result = s.execute(
         update(JobRow)
         .where(_owned(job_id, token))
-        .values(lease_expires_at=now() + timedelta(seconds=ttl_s))
+        .values(lease_expires_at=store_now(s) + timedelta(seconds=ttl_s))
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
@@ -249,7 +263,7 @@ def reap(s: Session, max_attempts: int) -> list[tuple[str, str]]:
     """Jobs whose worker stopped heart-beating: back to the queue, failed when they
     have used their attempts, or cancelled when a cancel is pending. Returns
     (job id, new status) pairs."""
-    stamp = now()
+    stamp = store_now(s)
     expired = list(
         s.execute(
             select(JobRow.id, JobRow.attempts, JobRow.cancel_requested_at, JobRow.lease_owner)
@@ -324,6 +338,20 @@ def request_cancel(s: Session, job: JobRow) -> str:
 def cancel_requested(s: Session, job_id: str) -> bool:
     stamp: datetime | None = s.scalar(select(JobRow.cancel_requested_at).where(JobRow.id == job_id))
     return stamp is not None
+
+
+def run_state(s: Session, job_id: str, token: int) -> tuple[bool, bool]:
+    """(cancel requested, lease still held with ``token``) in one primary-key read: what a
+    training loop asks at each optimizer step."""
+    row = s.execute(
+        select(JobRow.cancel_requested_at, JobRow.status, JobRow.fencing_token).where(
+            JobRow.id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        return False, False
+    cancel_at, status, fencing_token = row
+    return cancel_at is not None, status == RUNNING and fencing_token == token
 
 
 def update_progress(s: Session, job_id: str, token: int, **values: Any) -> bool:

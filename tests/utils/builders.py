@@ -252,7 +252,7 @@ class RecordingHooks(TrainingHooks):
             }
         )
 
-    def should_stop(self) -> bool:
+    def should_stop(self, step_end: bool = False) -> bool:
         return self.stop_after is not None and any(
             p["step"] >= self.stop_after for p in self.progress
         )

@@ -16,6 +16,7 @@ from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow
 from tests.utils.builders import add_placeholder_file, plan_dict
+from worker.errors import LeaseLost
 from worker.plan import load_plan
 from worker.service import StoreHooks
 from worker.training import run_training
@@ -139,6 +140,36 @@ def test_a_cancel_in_the_store_is_seen_at_the_next_check(settings):
         hooks.close()
 
 
+def test_the_end_of_an_optimizer_step_always_asks_the_store(settings):
+    job_id, token = running_job(settings)
+    # Micro-batch checks may answer from a recent read; a step's end never does.
+    hooks = StoreHooks(settings, job_id, token, flush_s=NEVER, cancel_poll_s=NEVER)
+    try:
+        assert not hooks.should_stop()
+        with session(settings.resolved_database_url) as s:
+            job = store.get_job(s, job_id, any_owner=True)
+            assert job is not None
+            assert store.request_cancel(s, job) == store.RUNNING
+        assert not hooks.should_stop()  # within the micro-batch throttle
+        assert hooks.should_stop(step_end=True)
+    finally:
+        hooks.close()
+
+
+def test_a_step_end_notices_a_lost_lease(settings):
+    job_id, token = running_job(settings)
+    hooks = StoreHooks(settings, job_id, token, flush_s=NEVER, cancel_poll_s=NEVER)
+    try:
+        assert not hooks.should_stop(step_end=True)
+        assert hooks.owns_run()
+        with session(settings.resolved_database_url) as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(fencing_token=token + 1))
+        assert hooks.should_stop(step_end=True)
+        assert hooks.lost.is_set() and not hooks.owns_run()
+    finally:
+        hooks.close()
+
+
 class CancelAt(StoreHooks):
     """Production hooks, plus a user who cancels through the store (as the API does)
     once step ``at`` has been reported."""
@@ -159,7 +190,9 @@ class CancelAt(StoreHooks):
 def test_a_real_run_stops_at_the_step_after_the_cancel(settings, tiny_model, data_dir, tmp_path):
     job_id, token = running_job(settings)
     plan = load_plan(plan_dict(tiny_model, data_dir / "text.jsonl", tmp_path / "run"))
-    hooks = CancelAt(settings, job_id, token, cancel_poll_s=0, at=3)
+    # The production poll interval: micro-batches within 50 ms of a check do not ask, the
+    # end of every optimizer step does.
+    hooks = CancelAt(settings, job_id, token, at=3)
     try:
         result = run_training(plan, hooks)
     finally:
@@ -169,3 +202,43 @@ def test_a_real_run_stops_at_the_step_after_the_cancel(settings, tiny_model, dat
     kinds = [t for t, _ in events(settings, job_id)]
     assert kinds.index("cancel_requested") < kinds.index("cancelled")
     assert job_row(settings, job_id).step == 4
+
+
+class TakenOverAt(StoreHooks):
+    """Production hooks for a process paused past its lease: once step ``at`` is reported,
+    another process takes the job over (a new fencing token), before this one looks again."""
+
+    def __init__(self, *args: Any, at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def on_progress(self, step: int, *args: Any) -> None:
+        super().on_progress(step, *args)
+        if step == self.at:
+            with session(self.url) as s:
+                s.execute(
+                    update(JobRow)
+                    .where(JobRow.id == self.job_id)
+                    .values(fencing_token=self.token + 1)
+                )
+
+
+def test_a_run_that_lost_its_lease_writes_no_checkpoint_and_no_adapter(
+    settings, tiny_model, data_dir, tmp_path
+):
+    job_id, token = running_job(settings)
+    run_dir = tmp_path / "run"
+    plan = load_plan(
+        plan_dict(tiny_model, data_dir / "text.jsonl", run_dir, max_steps=6, checkpoint_steps=2)
+    )
+    # Taken over after step 2 was logged and before its checkpoint is saved: the step's end
+    # had found the lease still held, so only the check before writing can catch it.
+    hooks = TakenOverAt(settings, job_id, token, at=2)
+    try:
+        with pytest.raises(LeaseLost):
+            run_training(plan, hooks)
+    finally:
+        hooks.close()
+    assert not (run_dir / "checkpoints" / "checkpoint-2").exists()
+    assert not (run_dir / "adapter").exists()
+    assert hooks.lost.is_set()
