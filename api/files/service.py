@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import UploadFile
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from advisor.errors import Problem
 from api import idempotency
@@ -75,46 +76,81 @@ async def save_upload(
                     )
                 digest.update(chunk)
                 out.write(chunk)
-        try:
-            info = inspect_jsonl(tmp)
-        except DataFileError as exc:
-            problems = [Problem("file", str(p), {"line": p.line}) for p in exc.problems]
-            raise ApiError(
-                422,
-                "invalid_file",
-                f"file: {len(exc.problems)} problem(s); first: {problems[0]}",
-                problems,
-            ) from None
-        filename = check_plain_name(upload.filename or "upload.jsonl", "file.filename")
-        if idempotency_key:
-            digest_ = idempotency.body_hash(
-                {"sha256": digest.hexdigest(), "purpose": purpose, "filename": filename}
-            )
-            existing = idempotency.replay(s, owner, "files", idempotency_key, digest_)
-            if existing is None:
-                try:
-                    idempotency.claim(s, owner, "files", idempotency_key, digest_, file_id)
-                except IntegrityError:  # a concurrent upload with this key won
-                    existing = idempotency.replay(s, owner, "files", idempotency_key, digest_)
-            if existing is not None:
-                row = store.get_file(s, existing, owner)
-                assert row is not None
-                return row, False
-        final = folder / f"{file_id}.jsonl"
-        os.replace(tmp, final)
+        # Checking every line of a file of up to the upload limit, and the store's writes
+        # (which may wait on SQLite's lock), run on the thread pool: on the event loop they
+        # would stall every other request, /healthz and the dispatcher included.
+        return await run_in_threadpool(
+            _check_and_store,
+            s,
+            upload.filename,
+            purpose,
+            owner,
+            idempotency_key,
+            tmp,
+            folder / f"{file_id}.jsonl",
+            file_id,
+            size,
+            digest.hexdigest(),
+        )
     finally:
         tmp.unlink(missing_ok=True)
-    row = store.add_file(
-        s,
-        id=file_id,
-        owner=owner,
-        filename=filename,
-        purpose=purpose,
-        bytes=size,
-        rows=info.rows,
-        format=info.format,
-        sha256=digest.hexdigest(),
-        path=str(final),
-        token_stats={},
-    )
+
+
+def _check_and_store(
+    s: Session,
+    upload_name: str | None,
+    purpose: str,
+    owner: str | None,
+    idempotency_key: str | None,
+    tmp: Path,
+    final: Path,
+    file_id: str,
+    size: int,
+    sha256: str,
+) -> tuple[FileRow, bool]:
+    try:
+        info = inspect_jsonl(tmp)
+    except DataFileError as exc:
+        problems = [Problem("file", str(p), {"line": p.line}) for p in exc.problems]
+        raise ApiError(
+            422,
+            "invalid_file",
+            f"file: {len(exc.problems)} problem(s); first: {problems[0]}",
+            problems,
+        ) from None
+    filename = check_plain_name(upload_name or "upload.jsonl", "file.filename")
+    if idempotency_key:
+        digest = idempotency.body_hash({"sha256": sha256, "purpose": purpose, "filename": filename})
+        existing = idempotency.replay(s, owner, "files", idempotency_key, digest)
+        if existing is None:
+            try:
+                idempotency.claim(s, owner, "files", idempotency_key, digest, file_id)
+            except IntegrityError:  # a concurrent upload with this key won
+                existing = idempotency.replay(s, owner, "files", idempotency_key, digest)
+        if existing is not None:
+            row = store.get_file(s, existing, owner)
+            assert row is not None
+            return row, False
+    os.replace(tmp, final)
+    try:
+        row = store.add_file(
+            s,
+            id=file_id,
+            owner=owner,
+            filename=filename,
+            purpose=purpose,
+            bytes=size,
+            rows=info.rows,
+            format=info.format,
+            sha256=sha256,
+            path=str(final),
+            token_stats={},
+        )
+        # Committed before the 201 is sent: a client that submits a job with this id the
+        # moment it has the answer must find the file (the session's own commit comes only
+        # after the response has gone out).
+        s.commit()
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
     return row, True

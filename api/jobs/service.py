@@ -137,6 +137,36 @@ def _advisor_training(hp: dict[str, Any]) -> TrainingSettings:
     )
 
 
+def _check_plan(body: JobCreate, hp: dict[str, Any]) -> list[Problem]:
+    """What the worker's TrainingPlan would refuse, found at submission: a job the worker
+    cannot run is a 422 now, never a job that fails later. The paths are placeholders (the
+    worker fills them in from the store); variant 'auto' is checked with plain LoRA, whose
+    hyperparameters every variant the advisor can choose accepts."""
+    auto = body.variant == "auto"
+    try:
+        TrainingPlan.model_validate(
+            {
+                **hp,
+                "model": body.model,
+                "train_file": "train.jsonl",
+                "output_dir": "run",
+                "variant": "lora" if auto else body.variant,
+                "combine_with": [] if auto else list(body.combine_with),
+            }
+        )
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "hyperparameters"
+            field = (
+                name if name in ("variant", "combine_with", "model") else f"hyperparameters.{name}"
+            )
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(Problem(field, message, error.get("input")))
+        return problems
+    return []
+
+
 def create_job(
     s: Session, settings: Settings, body: JobCreate, owner: str | None, job_id: str | None = None
 ) -> JobRow:
@@ -156,10 +186,11 @@ def create_job(
         problems += exc.problems
     except ModelSourceError as exc:
         problems.append(Problem("model", str(exc), body.model))
+    hp = body.hyperparameters.model_dump(exclude_none=True)
+    problems += _check_plan(body, hp)
     if problems:
         raise InvalidInput(problems)
 
-    hp = body.hyperparameters.model_dump(exclude_none=True)
     arch, model_ref = _architecture(body.model, resolved)
     training = _advisor_training(hp)
     variant, combine = body.variant, list(body.combine_with)

@@ -7,8 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from tests.utils.api import client_for, settings_for
+from api.deps import get_db
+from api.main import create_app
+from loracle.store.db import session
+from loracle.store.models import FileRow
+from tests.utils.api import KEY_A, client_for, settings_for
 from tests.utils.builders import write_jsonl
 
 LLAMA = {
@@ -96,3 +102,63 @@ def test_an_apps_own_upload_limit_is_enforced_before_the_body(tmp_path):
     # the route, which counts the bytes it reads, words its refusal differently.
     assert r.json()["detail"].startswith("upload larger than the limit of 1000 bytes")
     assert r.headers["connection"] == "close"
+
+
+def test_what_the_worker_would_refuse_is_a_422_at_submission_and_no_job(setup, tmp_path):
+    client, models, file_id = setup
+    body = {"model": str(models / "nan-inside"), "training_file": file_id}
+    before = client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    r = client.post(
+        "/v1/jobs",
+        json={
+            **body,
+            # 'lora' plus DoRA is the variant DoRA: the worker's plan refuses the spelling.
+            "variant": "lora",
+            "combine_with": ["dora"],
+            "hyperparameters": {"target_modules": ["q_proj", ""]},
+        },
+    )
+    assert r.status_code == 422, r.text
+    problems = {p["field"]: p["message"] for p in r.json()["problems"]}
+    assert "variant='dora'" in problems["combine_with"]
+    assert "not module names" in problems["hyperparameters.target_modules"]
+    duplicate = client.post(
+        "/v1/jobs",
+        json={**body, "variant": "qlora", "hyperparameters": {"target_modules": ["q", "q"]}},
+    )
+    assert duplicate.status_code == 422, duplicate.text
+    assert duplicate.json()["problems"][0]["field"] == "hyperparameters.target_modules"
+    assert client.get("/v1/jobs", params={"limit": 100}).json()["data"] == before
+    # The same request spelled as the worker wants it is accepted.
+    fixed = client.post(
+        "/v1/jobs",
+        json={**body, "variant": "dora", "hyperparameters": {"target_modules": ["q_proj"]}},
+    )
+    assert fixed.status_code == 201, fixed.text
+
+
+def test_an_upload_is_committed_before_its_answer(tmp_path):
+    """The route commits the file row itself: the dependency's own commit comes only after
+    the response has been sent, and a client that submits a job the moment it has the id
+    must find the file."""
+    settings = settings_for(tmp_path)
+    seen: list[bool] = []
+
+    def db_that_looks_before_its_own_commit():
+        for s in get_db(settings):
+            yield s
+            # Where the dependency would commit: is the row visible to others already?
+            with session(settings.resolved_database_url) as other:
+                seen.append(other.scalar(select(FileRow.id)) is not None)
+
+    app = create_app(settings)
+    app.dependency_overrides[get_db] = db_that_looks_before_its_own_commit
+    rows = write_jsonl(tmp_path / "rows.jsonl", "text", n_rows=3)
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY_A}"}) as client:
+        r = client.post(
+            "/v1/files",
+            files={"file": ("rows.jsonl", rows.read_bytes(), "application/jsonl")},
+            data={"purpose": "fine-tune"},
+        )
+    assert r.status_code == 201, r.text
+    assert seen == [True]
