@@ -451,14 +451,22 @@ class Streamed:
     closed: bool  # the server closed the connection after answering
 
 
-def _stream(port: int, head: bytes, chunks: list[bytes], pause: float = 0.02) -> Streamed:
-    """Send `head`, then the body one chunk at a time, `pause` apart, and stop sending the
-    moment the server answers. A server that reads the whole body before answering is
-    caught: its answer arrives only after the last chunk."""
+def _stream(
+    port: int,
+    head: bytes,
+    chunks: list[bytes],
+    pause: float = 0.02,
+    first_pause: float | None = None,
+) -> Streamed:
+    """Send `head`, then the body one chunk at a time, `pause` apart (`first_pause` before
+    the first one), and stop sending the moment the server answers. A server that reads the
+    whole body before answering is caught: its answer arrives only after the last chunk."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
         sent = 0
-        while not select.select([sock], [], [], pause)[0]:
+        while not select.select(
+            [sock], [], [], pause if sent or first_pause is None else first_pause
+        )[0]:
             if sent == len(chunks):
                 select.select([sock], [], [], 10)
                 break
@@ -542,7 +550,9 @@ def test_upload_without_a_valid_key_is_401_before_its_body(api: Service, auth: s
     line = b'{"text": "' + b"x" * 4000 + b'"}\n'
     chunks = [PART] + [line] * 200
     body = _chunked(chunks) if "chunked" in framing else chunks
-    sent = _stream(api.port, _upload_head(auth, framing), body, pause=0.05)
+    # Up to 5 s for an answer to the head alone: on a busy machine a server may take
+    # longer than one chunk's pause to answer, and one waiting for the body never answers.
+    sent = _stream(api.port, _upload_head(auth, framing), body, pause=0.05, first_pause=5.0)
     assert sent.answer.startswith(b"HTTP/1.1 401"), sent.answer[:300]
     assert b'"error":"unauthorized"' in sent.answer.replace(b" ", b"")
     assert b"www-authenticate: bearer" in sent.answer.lower()
