@@ -14,8 +14,12 @@ field to change.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from functools import cache, lru_cache
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import cache
 from typing import Annotated
 
 from fastapi import Depends
@@ -28,7 +32,48 @@ from api.deps import SettingsDep
 from loracle.settings import Settings
 from worker.memtrace.runner import TraceRunner, traced_estimate
 
-CACHE_SIZE = 4096  # about 5 KB an answer: 20 MB at most
+# A bound in bytes, not entries: an answer is 5-8 KB, but a request may be up to the body
+# limit (model.config accepts any keys), and caches keyed by the raw request could hold
+# 4096 of those. Keys are SHA-256 digests of the request, 32 bytes whatever its size.
+CACHE_BYTES = 32 << 20
+
+
+class AnswerCache:
+    """Serialised answers, least recently used first out, keyed by the SHA-256 of what
+    they answer and bounded by the bytes they hold."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._answers: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()  # estimates are answered on the thread pool
+
+    def get(self, request: bytes, compute: Callable[[], bytes]) -> bytes:
+        key = hashlib.sha256(request).digest()
+        with self._lock:
+            answer = self._answers.get(key)
+            if answer is not None:
+                self._answers.move_to_end(key)
+                return answer
+        answer = compute()  # outside the lock: two threads may compute one answer twice
+        if len(answer) > self.max_bytes:
+            return answer
+        with self._lock:
+            if key not in self._answers:
+                self._answers[key] = answer
+                self.bytes += len(answer)
+            while self.bytes > self.max_bytes:
+                _, dropped = self._answers.popitem(last=False)
+                self.bytes -= len(dropped)
+        return answer
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+_recommendations = AnswerCache()  # by validated profile
+_bodies = AnswerCache()  # by raw request body, in front of the one above
+_estimates = AnswerCache()
 
 
 def _dumps(answer: dict[str, object]) -> bytes:
@@ -36,25 +81,12 @@ def _dumps(answer: dict[str, object]) -> bytes:
     return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _recommendation(key: str) -> bytes:
-    return _dumps(recommend(Profile.model_validate_json(key)))
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _estimate(key: str) -> bytes:
-    return _dumps(estimate_only(EstimateRequest.model_validate_json(key)))
-
-
 def recommendation_json(profile: Profile) -> bytes:
-    return _recommendation(profile.model_dump_json())
+    key = profile.model_dump_json().encode()
+    return _recommendations.get(key, lambda: _dumps(recommend(profile)))
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def recommendation_for_body(body: bytes) -> bytes:
-    """The answer to a request body: validated with pydantic's JSON parser (an invalid body
-    raises RequestValidationError, which is not cached), then answered through the cache
-    of validated profiles, so equal profiles written differently share one answer."""
+def _recommendation_of_body(body: bytes) -> bytes:
     try:
         profile = Profile.model_validate_json(body)
     except ValidationError as exc:
@@ -64,8 +96,16 @@ def recommendation_for_body(body: bytes) -> bytes:
     return recommendation_json(profile)
 
 
+def recommendation_for_body(body: bytes) -> bytes:
+    """The answer to a request body: validated with pydantic's JSON parser (an invalid body
+    raises RequestValidationError, which is not cached), then answered through the cache
+    of validated profiles, so equal profiles written differently share one answer."""
+    return _bodies.get(body, lambda: _recommendation_of_body(body))
+
+
 def estimate_json(request: EstimateRequest) -> bytes:
-    return _estimate(request.model_dump_json())
+    key = request.model_dump_json().encode()
+    return _estimates.get(key, lambda: _dumps(estimate_only(request)))
 
 
 # -- traced estimates -------------------------------------------------------------------

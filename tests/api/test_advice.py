@@ -512,3 +512,41 @@ def test_junk_anywhere_never_gets_a_5xx(target, value):
     if r.status_code == 422:
         assert set(answer) == {"error", "detail", "problems"}
         assert answer["problems"] and all(p["field"] and p["message"] for p in answer["problems"])
+
+
+def test_the_answer_cache_is_bounded_by_bytes_and_drops_the_least_recent():
+    from api.advice.service import AnswerCache
+
+    cache = AnswerCache(max_bytes=1000)
+    computed: list[bytes] = []
+
+    def answer(n: int):
+        def compute() -> bytes:
+            computed.append(b"%d" % n)
+            return bytes([n]) * 300
+
+        return compute
+
+    for n in range(3):
+        cache.get(b"request %d" % n, answer(n))
+    assert cache.get(b"request 0", answer(0)) == bytes([0]) * 300  # a hit: not recomputed
+    cache.get(b"request 3", answer(3))  # 1200 bytes: the least recent (request 1) goes
+    assert (len(cache), cache.bytes) == (3, 900)
+    cache.get(b"request 1", answer(1))
+    assert computed == [b"0", b"1", b"2", b"3", b"1"]
+
+
+def test_large_requests_cost_the_cache_their_answer_not_their_size(client):
+    """model.config accepts any keys, so a body can be up to the body limit; the cache of
+    answers keyed by the body keeps a digest of it, never the body."""
+    from api.advice import service
+
+    before = service._bodies.bytes
+    sizes = []
+    for n in range(3):
+        config = {**QWEN_CONFIG, "padding": "x" * 200_000, "n": n}
+        body = {**PROFILE, "model": {"config": config}}
+        r = client.post("/v1/recommendations", json=body)
+        assert r.status_code == 200, r.text
+        sizes.append(len(r.content))
+    assert service._bodies.bytes - before == sum(sizes) < 100_000
