@@ -45,6 +45,33 @@ def test_matching_forgives_case_spaces_and_punctuation(typed, expected):
     assert find_gpu(typed).id == expected
 
 
+@pytest.mark.parametrize(
+    "printed,expected",
+    [
+        ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
+        ("NVIDIA A100 80GB PCIe", "a100-80gb"),
+        ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
+        ("NVIDIA A100-PCIE-40GB", "a100-40gb"),
+        ("NVIDIA H100 80GB HBM3", "h100-80gb"),
+        ("NVIDIA H100 PCIe", "h100-80gb"),
+        ("NVIDIA H200", "h200"),
+        ("Tesla V100-SXM2-16GB", "v100-16gb"),
+        ("Tesla V100-PCIE-32GB", "v100-32gb"),
+        ("Tesla P100-PCIE-16GB", "p100"),
+        ("Tesla T4", "t4"),
+        ("NVIDIA A10G", "a10g"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA RTX A6000", "rtx-a6000"),
+        ("NVIDIA RTX 6000 Ada Generation", "rtx-6000-ada"),
+        ("NVIDIA GeForce RTX 3090", "rtx-3090"),
+        ("AMD Instinct MI300X", "mi300x"),
+    ],
+)
+def test_names_as_nvidia_smi_prints_them(printed, expected):
+    """`nvidia-smi --query-gpu=name --format=csv` (and rocm-smi's product name) pasted as is."""
+    assert find_gpu(printed).id == expected
+
+
 def test_unknown_card_suggests_the_closest():
     with pytest.raises(UnknownName) as info:
         find_gpu("rtx 4O90")

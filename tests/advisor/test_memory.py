@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from advisor.architecture import from_hf_config
 from advisor.calibration import TOLERANCE, measured_comparisons, published_rows
 from advisor.catalog.models import find_model, models
-from advisor.memory import GIB, NF4_DQ_BYTES_PER_PARAM, estimate
+from advisor.memory import GIB, NF4_DQ_BYTES_PER_PARAM, estimate, weights_only_bytes
 from advisor.profile import VARIANT_NAMES, TrainingSettings
 from advisor.variants import Combination, combination
 
@@ -43,6 +43,9 @@ def test_rows_that_bound_rather_than_measure_the_step_are_bounds():
         assert c.reason
         # An upper bound on the step: the estimate must sit under it, and above the weights.
         assert c.estimate_bytes <= c.row.value_bytes * (1 + TOLERANCE)
+        arch = find_model(c.row.model).architecture
+        weights = weights_only_bytes(arch, quantized=c.row.method == "qlora", double_quant=True)
+        assert c.estimate_bytes > weights
 
 
 def test_nf4_double_quant_is_about_4127_bits():

@@ -21,7 +21,15 @@ def test_advisor_imports_without_heavy_modules_quickly():
         "'transformers', 'peft', 'bitsandbytes', 'sqlalchemy') if m in sys.modules)\n"
         "print(json.dumps({'elapsed': elapsed, 'heavy': heavy}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["heavy"] == []
-    assert result["elapsed"] < 1.0
+    # The best of three fresh processes: one import is one sample of a shared machine's
+    # load, and a slow import shows up in all three.
+    results = []
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if results[-1]["elapsed"] < 1.0:
+            break
+    assert all(r["heavy"] == [] for r in results)
+    assert min(r["elapsed"] for r in results) < 1.0, results

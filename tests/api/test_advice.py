@@ -80,6 +80,11 @@ def test_model_config_is_accepted(client):
         ({"hardware": {"gpu": "rtx 4O90"}}, "hardware.gpu", "rtx-4090"),
         ({"model": {"name": "llama-2-7"}}, "model.name", "meta-llama/Llama-2-7b-hf"),
         ({"model": {"config": {"hidden_size": 64}}}, "model.config.num_hidden_layers", "needs"),
+        (
+            {"model": {"config": {k: v for k, v in QWEN_CONFIG.items() if k != "hidden_size"}}},
+            "model.config.hidden_size",
+            "needs 'hidden_size'",
+        ),
         ({"model": {}}, "model", "exactly one of"),
         ({"training": {"target_modules": ["query"]}}, "training.target_modules", "q_proj"),
         ({"training": {"seq_lenn": 5}}, "training.seq_lenn", "remove it"),
