@@ -248,3 +248,130 @@ def test_worker_trace_command_refuses_what_the_worker_cannot_build(tmp_path, cap
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert answer["field"] == "model.config.model_type"
     assert "sdpa" in answer["detail"] and "analytic" in answer["detail"]
+
+
+# GPUs bitsandbytes' CUDA dispatch tells apart: (SM count, compute capability).
+GPUS = {
+    "V100": (80, 7, 0),
+    "T4": (40, 7, 5),
+    "A100": (108, 8, 0),
+    "A10": (72, 8, 6),
+    "RTX 3090": (82, 8, 6),
+    "Jetson Orin": (16, 8, 7),
+    "L4": (58, 8, 9),
+    "RTX 4090": (128, 8, 9),
+    "L40S": (142, 8, 9),
+    "H100 PCIe": (114, 9, 0),
+    "H100/H200 SXM": (132, 9, 0),
+    "B200": (148, 10, 0),
+    "RTX 5090": (170, 12, 0),
+    "GB10": (48, 12, 1),
+}
+
+
+def _bitsandbytes_cuda_gemm_4bit_dispatch():
+    """The installed bitsandbytes' own decision between its fused CUDA `gemm_4bit` kernel
+    and `_dequant_linear_fallback`, for a GPU given by SM count and compute capability.
+    `backends/cuda/ops.py` cannot be imported without CUDA, so its heuristic
+    (`_gemm_4bit_use_custom_cuda`) and constants are compiled from the source file, with
+    the device query replaced; the two checks of the registered kernel around it (more rows
+    than `_gemm_4bit_custom_max_m`, K not a multiple of the blocksize) are restated here."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    package = importlib.util.find_spec("bitsandbytes").submodule_search_locations[0]
+    tree = ast.parse((Path(package) / "backends" / "cuda" / "ops.py").read_text())
+    props: list[tuple[int, int, int]] = []
+    namespace = {"torch": torch, "_gpu_dispatch_props": lambda device_index: props[0]}
+    nodes = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == (
+            "_GEMM_4BIT_CUSTOM_FLOOR_M"
+        ):
+            nodes.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "torch.version.hip is None":
+            nodes += [
+                n for n in node.body if ast.unparse(n.targets[0]) != "_gemm_4bit_use_custom_fn"
+            ]
+        if isinstance(node, ast.FunctionDef) and node.name == "_gemm_4bit_use_custom_cuda":
+            node.decorator_list = []  # functools.cache would key on the device index only
+            nodes.append(node)
+    exec(compile(ast.Module(nodes, type_ignores=[]), "bitsandbytes-cuda-ops", "exec"), namespace)
+    custom, max_m = namespace["_gemm_4bit_use_custom_cuda"], namespace["_gemm_4bit_custom_max_m"]
+
+    def fused(gpu, dtype, m, n, k, blocksize=64):
+        if m > max_m or k % blocksize:
+            return False
+        props[:] = [GPUS[gpu]]
+        return custom(0, dtype, m, n, k)
+
+    return fused
+
+
+def test_cuda_gemm_4bit_is_modelled_fused_only_where_every_gpu_runs_the_fused_kernel():
+    """Where the trace models bitsandbytes' fused kernel (no dequantized weight), every GPU
+    runs it; elsewhere at least one GPU dequantizes, and for the large weights of models
+    from 1B up at training-sized inputs every GPU does: the conservative branch costs
+    nothing there."""
+    from worker.memtrace.emulation import cuda_gemm_4bit_fused
+
+    bnb_fused = _bitsandbytes_cuda_gemm_4bit_dispatch()
+    rows = (1, 2, 4, 5, 6, 7, 8, 16, 64, 128, 256, 320, 512, 1024, 1536, 2048, 8192)
+    shapes = set()
+    for name in (
+        "HuggingFaceTB/SmolLM2-135M",
+        "meta-llama/Llama-3.2-1B",
+        "mistralai/Mistral-7B-v0.1",
+    ):
+        c = find_model(name).config
+        h, i, heads = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
+        d = c.get("head_dim") or h // heads
+        kv = c.get("num_key_value_heads", heads) * d
+        shapes |= {(heads * d, h), (kv, h), (h, heads * d), (i, h), (h, i), (2 * i, h)}
+    for n, k in sorted(shapes):
+        for m in rows:
+            for dtype in (torch.bfloat16, torch.float16):
+                every = {gpu: bnb_fused(gpu, dtype, m, n, k) for gpu in GPUS}
+                assert cuda_gemm_4bit_fused(m, k, 64) == all(every.values()), (m, n, k, every)
+                if n * k >= 4 * 2**20 and m >= 512:
+                    assert not any(every.values()), (m, n, k, every)
+    # The dispatch is real: an H100 runs the fused kernel for a decode-sized input and
+    # dequantizes for a 2048-token one.
+    assert bnb_fused("H100/H200 SXM", torch.bfloat16, 4, 4096, 4096)
+    assert not bnb_fused("H100/H200 SXM", torch.bfloat16, 2048, 4096, 4096)
+
+
+def test_cuda_gemm_4bit_dequantizes_into_a_temporary_as_bitsandbytes_fallback_does():
+    """A 4-bit linear over more rows than the fused kernel's floor holds, at once, the
+    weight dequantized to the input's dtype, both fp32 absmax tensors of double
+    quantization (`_dequant_linear_fallback` keeps `absmax_dq` until it returns) and the
+    output; at the floor only the output."""
+    import bitsandbytes.functional as bnbf
+
+    from worker.memtrace.emulation import GEMM_4BIT_FUSED_MAX_M, gemm_4bit_substitute
+
+    n, k = 1024, 512
+    weight = torch.empty(n, k, dtype=torch.bfloat16, device="meta")
+    packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True)
+    substitute = gemm_4bit_substitute("cuda")
+    for rows in (GEMM_4BIT_FUSED_MAX_M, GEMM_4BIT_FUSED_MAX_M + 1, 512):
+        a = torch.empty(rows, k, dtype=torch.bfloat16, device="meta")
+        with StorageTracker(count_device="meta") as tracker:
+            out = substitute(
+                a,
+                packed,
+                state.shape,
+                state.state2.absmax,
+                64,
+                "nf4",
+                absmax_8bit=state.absmax,
+                absmax_code=state.state2.code,
+                absmax_offset=state.offset,
+            )
+        assert out.shape == (rows, n)
+        output = rows * n * 2
+        if rows <= GEMM_4BIT_FUSED_MAX_M:
+            assert tracker.peak_raw.bytes == output
+        else:
+            assert tracker.peak_raw.bytes == n * k * 2 + 2 * (n * k // 64) * 4 + output

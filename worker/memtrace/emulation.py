@@ -536,21 +536,33 @@ def meta_patches(padded: bool, target: Target, autocast: Autocast) -> Iterator[N
 
 # -- bitsandbytes ------------------------------------------------------------------------
 
-# bitsandbytes' CUDA `gemm_4bit` (backends/cuda/ops.py) runs its fused kernel, which never
-# materialises the weight, only for M <= 1536 rows of input (tokens); above that it always
-# takes `_dequant_linear_fallback`. Below, the choice is a per-architecture heuristic; the
-# forward pass is never where a training step peaks (backward dequantizes every weight
-# anyway), so the trace uses the fused kernel there.
-GEMM_4BIT_FUSED_MAX_M = 1536
+# bitsandbytes' CUDA `gemm_4bit` (0.50.2, backends/cuda/ops.py, the kernel registered for
+# "cuda") takes `_dequant_linear_fallback` (the 4-bit weight dequantized into a temporary in
+# the input's dtype, then F.linear) when the input has more than `_gemm_4bit_custom_max_m`
+# (1536) rows or K is not a multiple of the blocksize; otherwise `_gemm_4bit_use_custom_cuda
+# (device, dtype, M, N, K)` decides. That heuristic keeps the fused kernel (no temporary) for
+# M <= `_GEMM_4BIT_CUSTOM_FLOOR_M` (4) on every GPU, and above that follows a ladder per
+# compute capability and SM count: for weights of 4Mi elements or more every architecture
+# dequantizes above M = 256 (an H100/H200 above M = 64), while small weights with a short K
+# keep the fused kernel up to M = 512 on an H100 or 1536 on an A100. A trace does not know
+# the card, so it takes the dequantizing branch above the floor: the fallback allocates
+# everything the fused kernel does plus the temporary, so no card needs more than the trace.
+GEMM_4BIT_FUSED_MAX_M = 4
+
+
+def cuda_gemm_4bit_fused(rows: int, k: int, blocksize: int) -> bool:
+    """Whether the trace models bitsandbytes' fused CUDA kernel (no dequantized temporary)
+    for an input of `rows` x `k`: only where every GPU bitsandbytes knows runs it."""
+    return rows <= GEMM_4BIT_FUSED_MAX_M and k % blocksize == 0
 
 
 def gemm_4bit_substitute(target: Target) -> Callable:
     """A stand-in for `bitsandbytes::gemm_4bit` on meta tensors. The op's meta kernel returns
-    only the output (what the fused CUDA kernel allocates); where the target dequantizes,
-    this runs the dequantize-then-linear composition: bitsandbytes'
-    `_dequant_linear_fallback` on CUDA (the nested absmax in fp32, absmax + offset, the
-    weight in the input's dtype, F.linear) and the `default` kernel on the CPU (the same
-    tensors)."""
+    only the output (what the fused CUDA kernel allocates); where the target dequantizes
+    (see `GEMM_4BIT_FUSED_MAX_M`), this runs the dequantize-then-linear composition:
+    bitsandbytes' `_dequant_linear_fallback` on CUDA (the nested absmax in fp32, absmax +
+    offset, the weight in the input's dtype, F.linear) and the `default` kernel on the CPU
+    (the same tensors)."""
     ops = torch.ops.bitsandbytes
 
     def substitute(
@@ -565,8 +577,9 @@ def gemm_4bit_substitute(target: Target) -> Callable:
         absmax_code=None,
         absmax_offset=None,
     ):
-        rows = A.numel() // A.shape[-1]
-        if target == "cuda" and rows <= GEMM_4BIT_FUSED_MAX_M and A.shape[-1] % blocksize == 0:
+        if target == "cuda" and cuda_gemm_4bit_fused(
+            A.numel() // A.shape[-1], A.shape[-1], blocksize
+        ):
             return ops.gemm_4bit.default(
                 A,
                 B,
@@ -579,14 +592,21 @@ def gemm_4bit_substitute(target: Target) -> Callable:
                 absmax_code=absmax_code,
                 absmax_offset=absmax_offset,
             )
+        held = []
         if absmax_8bit is not None:
-            absmax = (
-                ops.dequantize_blockwise.default(
-                    absmax_8bit, absmax, absmax_code, 256, torch.float32
-                )
-                + absmax_offset
+            nested = ops.dequantize_blockwise.default(
+                absmax_8bit, absmax, absmax_code, 256, torch.float32
             )
+            absmax = nested + absmax_offset
+            if target == "cuda":
+                # `_dequant_linear_fallback` keeps the dequantized nested absmax in a local
+                # (`absmax_dq`) until it returns, through F.linear; the default kernel's
+                # expression frees it before dequantizing the weight.
+                held.append(nested)
+            del nested
         weight = ops.dequantize_4bit.default(B, absmax, blocksize, quant_type, shapeB, A.dtype)
-        return F.linear(A, weight, bias)
+        out = F.linear(A, weight, bias)
+        del held
+        return out
 
     return substitute

@@ -1,14 +1,21 @@
 """The calibration grid: trace many configurations, keep the results, compare the analytic model.
 
     python -m worker.memtrace.grid run --out tests/advisor/data/trace_grid.json [--jobs 2]
+    python -m worker.memtrace.grid run --out tests/advisor/data/trace_grid.json --update \
+        --variants qlora    # retrace only these rows, keep the others
     python -m worker.memtrace.grid table --grid tests/advisor/data/trace_grid.json
 
 `run` traces every configuration of `configurations()` (architectures from the model catalog
 x the four variants x sequence lengths x micro batches x gradient checkpointing) on the meta
 device for a CUDA target and writes one record per configuration with the traced peak, its
 breakdown and the library versions. `table` prints the analytic model's error against it,
-per variant (the table published in docs/memory.md). Tests hold the analytic model to the
-stored grid and retrace a sample of it on every run, so the file cannot go stale unnoticed.
+per variant (the table published in docs/memory.md). With `--update`, only the selected
+configurations (`--models`, `--variants`) are retraced and the other rows of the file are
+kept: for a tracer change that can only touch some rows (the whole grid takes about 22
+minutes on 2 cores); the tests' byte-equal retraces then check the kept rows.
+
+Tests hold the analytic model to the stored grid and retrace a sample of it on every run,
+so the file cannot go stale unnoticed.
 """
 
 from __future__ import annotations
@@ -152,28 +159,67 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, jobs: int, architectures: Iterable[str]) -> None:
+def merge(
+    kept: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The fresh rows, except that a row whose figures did not change keeps its stored
+    record (its `seconds` are those of another run): the file's diff is the change."""
+    return {
+        key: kept[key] if key in kept and _figures(kept[key]) == _figures(row) else row
+        for key, row in fresh.items()
+    }
+
+
+def _figures(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
+def run(
+    out: Path,
+    jobs: int,
+    architectures: Iterable[str],
+    variants: Iterable[str] = VARIANTS,
+    update: bool = False,
+) -> None:
     from worker.memtrace.runner import TRACER_VERSION, library_versions
 
-    rows = configurations(architectures)
+    wanted = set(variants)
+    rows = [r for r in configurations(architectures) if r["variant"] in wanted]
+    kept: dict[str, dict[str, Any]] = {}
+    previous_seconds = None
+    if update:
+        document = json.loads(out.read_text(encoding="utf-8"))
+        if document["versions"] != library_versions():
+            raise SystemExit("the libraries changed since the grid was traced: retrace all of it")
+        kept = {r["id"]: r for r in document["rows"]}
+        previous_seconds = document["seconds"]
     started = time.perf_counter()
-    results: list[dict[str, Any]] = []
+    results: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for i, result in enumerate(pool.map(trace_row, rows, chunksize=4), 1):
-            results.append(result)
+            results[result["id"]] = result
+            before = kept.get(result["id"])
+            change = ""
+            if before is not None:
+                delta = result["peak_bytes"] - before["peak_bytes"]
+                change = f", {delta:+d} bytes" if delta else ", unchanged"
             print(
                 f"[{i}/{len(rows)}] {result['id']}: {result['peak_bytes'] / 2**30:.3f} GiB "
-                f"({result['seconds']} s)",
+                f"({result['seconds']} s{change})",
                 file=sys.stderr,
                 flush=True,
             )
+    seconds = round(time.perf_counter() - started, 1)
+    ordered = [row_id(c) for c in configurations()]
+    merged = {**kept, **merge(kept, results)}
     document = {
         "about": "Traced peak allocated bytes (CUDA target, meta device) of the calibration grid; "
         "written by `python -m worker.memtrace.grid run`.",
         "versions": library_versions(),
         "tracer_version": TRACER_VERSION,
-        "seconds": round(time.perf_counter() - started, 1),
-        "rows": results,
+        # The time of a whole run (an update keeps the last whole run's).
+        "seconds": previous_seconds if update else seconds,
+        "rows": [merged[i] for i in ordered if i in merged],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
@@ -186,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--models", nargs="*", default=list(ARCHITECTURES))
+    r.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    r.add_argument(
+        "--update",
+        action="store_true",
+        help="retrace only the selected rows and keep the file's other rows",
+    )
     t = sub.add_parser("table", help="print the analytic model's error table")
     t.add_argument("--grid", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.out, args.jobs, args.models)
+        run(args.out, args.jobs, args.models, args.variants, args.update)
     else:
         rows = json.loads(args.grid.read_text(encoding="utf-8"))["rows"]
         print(table(rows))

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from advisor.profile import EstimateRequest
 
 # Bump when the tracer models anything differently: old cache entries then stop matching.
-TRACER_VERSION = 2  # 2: Gemma-2 and other sdpa-less families traced with eager attention
+TRACER_VERSION = 3  # 3: 4-bit linears dequantize on CUDA above 4 rows (bitsandbytes dispatch)
 DEFAULT_TIMEOUT_S = 180.0
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 EXIT_REFUSED = 2
