@@ -274,7 +274,10 @@ def estimate(
             from loracle.settings import get_settings
             from worker.memtrace.runner import TraceRunner, traced_estimate
 
-            runner = TraceRunner(cache_dir=get_settings().data_dir / "trace-cache")
+            settings = get_settings()
+            runner = TraceRunner(
+                cache_dir=settings.data_dir / "trace-cache", timeout_s=settings.trace_timeout_s
+            )
             with console.status("tracing two training steps on the meta device..."):
                 answer = traced_estimate(req, runner)
         else:
@@ -358,7 +361,13 @@ def _first_run_key() -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once (one per GPU)")] = 1,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Jobs run at once; each pool process gets one card of CUDA_VISIBLE_DEVICES "
+            "(or of all cards when it is unset), so use at most one per GPU"
+        ),
+    ] = 1,
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run a Celery worker that trains jobs (reads the LORACLE_* environment)."""

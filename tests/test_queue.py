@@ -100,3 +100,36 @@ def test_a_broker_url_is_redis(tmp_path: Path) -> None:
     assert app.connection_for_write().transport.driver_type == "redis"
     assert app.conf.broker_transport_options["visibility_timeout"] == 120
     assert not (tmp_path / "data" / "broker").exists()
+
+
+@pytest.mark.parametrize(
+    ("index", "visible", "card"),
+    [(0, None, "0"), (1, None, "1"), (1, "3,5", "5"), (0, " 2 , 7", "2"), (2, "3,5", None)],
+)
+def test_each_pool_process_gets_a_card_of_its_own(tasks, index, visible, card) -> None:
+    assert tasks.gpu_for_process(index, visible) == card
+
+
+def _pinned(queue) -> None:
+    import os
+
+    from celery.signals import worker_process_init
+
+    worker_process_init.send(sender=None)  # what Celery sends in a new pool process
+    queue.put(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def test_a_new_pool_process_sees_only_its_card(tasks, monkeypatch) -> None:
+    """In a real billiard process with a pool index, as Celery's prefork pool makes them."""
+    import billiard
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    context = billiard.get_context("fork")
+    seen = context.Queue()
+    process = context.Process(target=_pinned, args=(seen,))
+    process.index = 1
+    process.start()
+    try:
+        assert seen.get(timeout=30) == "5"
+    finally:
+        process.join(timeout=30)

@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from celery.signals import worker_process_init
 
 from loracle.queue import RUN_JOB, make_celery
 from loracle.settings import get_settings
 
 T = TypeVar("T")
+log = logging.getLogger("loracle.worker")
 
 app = make_celery(get_settings())
+
+
+def gpu_for_process(index: int, visible: str | None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES of pool process `index`: one card each, the index-th of the
+    cards the worker may use (all of them when `visible` is unset). None when there are
+    more processes than listed cards: the process then sees what the worker sees."""
+    if visible is None:
+        return str(index)
+    cards = [card.strip() for card in visible.split(",") if card.strip()]
+    return cards[index] if index < len(cards) else None
+
+
+@worker_process_init.connect
+def _pin_one_gpu(**_: Any) -> None:
+    """`loracle worker --concurrency N` runs N jobs at once, one per card: the model is
+    placed on device 0 of what a process sees, so each pool process must see one card of
+    its own. billiard gives a replacement process the index of the one it replaces. CUDA
+    reads the variable when it first initialises, which happens in the job, after this."""
+    from billiard.process import current_process
+
+    index = getattr(current_process(), "index", None)
+    if index is None:
+        return
+    card = gpu_for_process(int(index), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if card is None:
+        log.warning(
+            "pool process %s has no card of its own (CUDA_VISIBLE_DEVICES=%s); run at most "
+            "one process per card",
+            index,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = card
 
 
 @app.task(name=RUN_JOB, acks_late=True)

@@ -300,6 +300,12 @@ def create_job(
         profile=body.profile.model_dump(mode="json") if body.profile else None,
         decision=decision,
         estimate=est,
+        # Marked as being sent in the transaction that creates it: the dispatcher sends
+        # only jobs without the mark, so it cannot send this one a second time while the
+        # request's own send is under way. A failed send clears the mark (`enqueue`); a
+        # request that dies before sending leaves it, and the job is found as a lost
+        # message (`mark_lost_messages`) and sent again.
+        enqueued_at=now(),
     )
     if filled:
         store.add_event(
@@ -329,6 +335,12 @@ def enqueue(settings: Settings, queue: Celery, job_id: str) -> bool:
     except Exception as exc:  # any broker failure: the store keeps the job
         log.warning("broker unavailable for %s: %s", job_id, exc)
         with session(settings.resolved_database_url) as s:
+            # Unmarked: the dispatcher sends it once the broker is back.
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == store.QUEUED)
+                .values(enqueued_at=None)
+            )
             told = s.scalar(
                 select(EventRow.pk).where(
                     EventRow.job_id == job_id, EventRow.type == "broker_unavailable"

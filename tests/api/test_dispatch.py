@@ -1,0 +1,53 @@
+"""The dispatcher and a submission's own send do not both send a new job: the job is
+marked as being sent in the transaction that creates it. A send that fails clears the
+mark, and the dispatcher sends the job once the broker takes it. Against a real SQLite
+store and the embedded (filesystem) broker, whose queue is files we can count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.jobs import service
+from api.jobs.schemas import JobCreate
+from loracle.queue import QUEUE, make_celery, waiting_job_ids
+from loracle.settings import Settings
+from loracle.store.db import session
+from tests.utils.builders import add_placeholder_file
+
+
+class BrokerDown:
+    def send_task(self, *args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+
+def _new_job(settings: Settings) -> str:
+    with session(settings.resolved_database_url) as s:
+        file_id = add_placeholder_file(s)
+        body = JobCreate(model="org/model", training_file=file_id, variant="lora")
+        return service.create_job(s, settings, body, None).id
+
+
+def _messages(settings: Settings) -> int:
+    return len(list((Path(settings.data_dir) / "broker" / "queue").glob(f"*.{QUEUE}.msg")))
+
+
+def test_a_job_being_sent_by_its_request_is_not_sent_by_the_dispatcher(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", auth_disabled=True)
+    queue = make_celery(settings)
+    job_id = _new_job(settings)  # committed; its request has not sent it yet
+    assert service.dispatch_pending(settings, queue) == 0
+    assert service.enqueue(settings, queue, job_id)
+    assert service.dispatch_pending(settings, queue) == 0
+    assert waiting_job_ids(settings) == {job_id}
+    assert _messages(settings) == 1
+
+
+def test_a_job_whose_send_failed_is_sent_by_the_dispatcher(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", auth_disabled=True)
+    job_id = _new_job(settings)
+    assert not service.enqueue(settings, BrokerDown(), job_id)  # type: ignore[arg-type]
+    assert _messages(settings) == 0
+    queue = make_celery(settings)
+    assert service.dispatch_pending(settings, queue) == 1
+    assert service.dispatch_pending(settings, queue) == 0
+    assert waiting_job_ids(settings) == {job_id}
