@@ -46,6 +46,7 @@ def test_json_only_late_acks_one_job_at_a_time(embedded: Settings) -> None:
     assert conf.task_reject_on_worker_lost is False
     assert conf.task_default_queue == QUEUE
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    assert conf.worker_max_tasks_per_child == 1
 
 
 def test_the_task_takes_only_a_job_id(tasks: ModuleType) -> None:

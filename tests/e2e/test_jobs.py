@@ -213,7 +213,10 @@ def test_cancel_a_running_job_then_the_worker_goes_on(
             "hyperparameters": {**FAST, "max_steps": 3},
         }
     )
-    assert redis_service.wait(after["id"])["status"] == "succeeded"
+    done = redis_service.wait(after["id"])
+    assert done["status"] == "succeeded"
+    # Each job trains in a fresh pool process: no memory of the cancelled one carries over.
+    assert done["worker"] != redis_service.job(long["id"])["worker"]
 
 
 def test_cancel_a_queued_job_never_starts(
