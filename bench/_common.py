@@ -128,8 +128,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, figures: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
+    """`bench/results/<name>.json`, or `<out>/<name>.json` (a smoke run publishes nothing)."""
+    folder = out or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **figures}, indent=2) + "\n")
     return path

@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 from bench._common import post_load, uvicorn_server, write_results
 
@@ -26,10 +27,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m bench advice")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server, alternating")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the results here, not bench/results/"
+    )
     args = parser.parse_args(argv)
 
     import tempfile
-    from pathlib import Path
 
     from fastapi.testclient import TestClient
 
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "goal_ratio": 0.8,
         "response_bytes": len(answer),
     }
-    path = write_results("advice", figures)
+    path = write_results("advice", figures, args.out)
     for key, value in figures.items():
         print(f"{key:>22}: {value}")
     print(f"written to {path}")

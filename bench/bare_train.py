@@ -21,11 +21,14 @@ def main(plan_path: str) -> None:
     from worker.plan import load_plan
     from worker.training import _training_arguments
 
-    plan, _ = modeling.resolve_plan(load_plan(plan_path), "cpu")
+    # The device the worker would pick on this machine: a GPU job against a CPU script
+    # would measure the hardware, not the service.
+    device = modeling.detect_device()
+    plan, _ = modeling.resolve_plan(load_plan(plan_path), device)
     transformers.set_seed(plan.seed)
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     model = AutoModelForCausalLM.from_pretrained(
-        plan.model, **modeling.model_load_kwargs(plan, "cpu")
+        plan.model, **modeling.model_load_kwargs(plan, device)
     )
     model = get_peft_model(model, modeling.make_lora_config(plan))
     train = data.tokenize_file(plan.train_file, tokenizer, plan.seq_len)
@@ -43,7 +46,7 @@ def main(plan_path: str) -> None:
 
     trainer = Trainer(
         model=model,
-        args=_training_arguments(plan, "cpu", Path(plan.output_dir) / "bare"),
+        args=_training_arguments(plan, device, Path(plan.output_dir) / "bare"),
         train_dataset=train.examples,
         data_collator=data.PadCollator(tokenizer.pad_token_id),
         callbacks=[Clock()],

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "loop sleeps 2 s); on a machine whose every core trains, each answer takes a core "
         "from the training for a moment",
     )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the results here, not bench/results/"
+    )
     args = parser.parse_args(argv)
 
     from sqlalchemy import select
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "bare_runs_tokens_per_s": [round(r, 1) for r in bare_rates],
         "steps": args.steps,
     }
-    path = write_results("training", figures)
+    path = write_results("training", figures, args.out)
     for key, value in figures.items():
         print(f"{key:>26}: {value}")
     print(f"written to {path}")
