@@ -4,7 +4,9 @@ them: a subprocess with a time limit, a memory and disk cache, 422s that name th
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -14,9 +16,12 @@ from loracle.cli import app as cli
 from loracle.settings import get_settings
 from tests.utils.api import client_for, settings_for
 from worker.memtrace.runner import (
+    FINGERPRINTED,
+    SOURCE_ROOT,
     TraceFailed,
     TraceRunner,
     cache_key,
+    code_fingerprint,
     library_versions,
     request_payload,
 )
@@ -67,6 +72,21 @@ def test_trace_answers_the_estimate_shape(client, traced):
     assert sum(traced["breakdown"].values()) == pytest.approx(traced["total_gib"], abs=0.01)
     assert traced["trainable_params"] == analytic["trainable_params"]
     assert any("meta device" in note for note in traced["notes"])
+    # One row, no mask: flash attention, which keeps no s x s scores.
+    assert any("no s x s attention score matrix is held" in n for n in traced["notes"])
+
+
+def test_an_answer_that_keeps_the_score_matrix_says_so(tmp_path):
+    """A padded batch (a mask) with a head dim flash and memory-efficient attention cannot
+    take falls back to the math kernel; the answer's notes carry the trace's
+    `holds_score_matrix`."""
+    odd = {**TINY, "hidden_size": 144, "head_dim": 36}
+    body = {**BODY, "model": {"config": odd}, "variant": "lora"}
+    body["training"] = {"seq_len": 64, "lora_rank": 8, "micro_batch_size": 2}
+    r = client_for(settings_for(tmp_path)).post("/v1/estimates", json=body)
+    assert r.status_code == 200, r.text
+    note = next(n for n in r.json()["notes"] if "meta device" in n)
+    assert "math x" in note and "the s x s attention score matrix is held" in note
 
 
 def test_a_repeated_trace_is_answered_from_the_caches(client, data_dir, traced):
@@ -92,6 +112,64 @@ def test_cache_key_changes_with_request_and_library_versions():
     assert key != cache_key(request_payload(TINY, {"seq_len": 256}, "lora"), versions)
     assert key != cache_key(request_payload(TINY, {"seq_len": 128}, "dora"), versions)
     assert key != cache_key(payload, {**versions, "peft": "0.0.1"})
+
+
+def test_cache_key_follows_the_source_of_the_tracer(tmp_path):
+    """A tracer change without a TRACER_VERSION bump still misses the old answers: the key
+    holds a fingerprint of the source a trace is computed from, comments included."""
+    for pattern in FINGERPRINTED:
+        for path in SOURCE_ROOT.glob(pattern):
+            copy = tmp_path / path.relative_to(SOURCE_ROOT)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+    before = code_fingerprint(tmp_path)
+    assert before == code_fingerprint(SOURCE_ROOT)
+    payload = request_payload(TINY, {"seq_len": 128}, "lora")
+    versions = library_versions()
+    for changed in ("worker/memtrace/emulation.py", "worker/training.py", "advisor/memory.py"):
+        path = tmp_path / changed
+        original = path.read_text()
+        path.write_text(original + "# a comment\n")
+        after = code_fingerprint(tmp_path)
+        assert after != before, changed
+        assert cache_key(payload, versions, after) != cache_key(payload, versions, before)
+        path.write_text(original)
+    # A module the tracer does not build from leaves the key alone.
+    (tmp_path / "worker" / "data.py").write_text("# the worker's data loading\n")
+    assert code_fingerprint(tmp_path) == before
+
+
+def test_a_busy_runner_answers_retry_later_within_its_time_limit():
+    runner = TraceRunner(cache_dir=None, timeout_s=0.3)
+    assert runner._slots.acquire(timeout=1)  # a trace in progress holds the only slot
+    try:
+        started = time.perf_counter()
+        with pytest.raises(TraceFailed) as caught:
+            runner.run(_payload_of(BODY))
+        waited = time.perf_counter() - started
+    finally:
+        runner._slots.release()
+    assert 0.3 <= waited < 5
+    assert caught.value.field == "method"
+    assert "retry later" in caught.value.message and "analytic" in caught.value.message
+    assert runner.runs == 0
+
+
+def test_the_disk_cache_keeps_the_newest_answers(tmp_path):
+    runner = TraceRunner(cache_dir=tmp_path, disk_entries=3)
+
+    def store(key):
+        runner._store(key, {"estimate": {"key": key}})
+        time.sleep(0.05)  # distinct modification times
+
+    for i in range(5):
+        store(f"k{i}")
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k2", "k3", "k4"]
+    # A hit from disk renews an answer: the oldest unused one goes next.
+    assert TraceRunner(cache_dir=tmp_path)._recall("k2") == {"estimate": {"key": "k2"}}
+    time.sleep(0.05)
+    store("k5")
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k2", "k4", "k5"]
 
 
 def test_a_refused_trace_is_a_422_naming_the_field_and_is_remembered(data_dir):
@@ -191,6 +269,20 @@ def test_cli_estimate_trace_prints_the_api_answer(monkeypatch, data_dir, traced,
     # Same numbers as the API's answer (served from the disk cache the API wrote).
     for key in ("peak_allocated_gib", "total_gib", "breakdown", "peak_phase", "fits"):
         assert answer[key] == traced[key]
+
+
+def test_cli_estimate_trace_keeps_the_configured_time_limit(monkeypatch, tmp_path):
+    """`loracle estimate --trace` stops a trace at LORACLE_TRACE_TIMEOUT_S, as the API does."""
+    monkeypatch.setenv("LORACLE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LORACLE_TRACE_TIMEOUT_S", "0.4")
+    get_settings.cache_clear()
+    try:
+        args = ["estimate", "--model", "meta-llama/Llama-3.2-1B", "--seq-len", "512", "--trace"]
+        r = CliRunner().invoke(cli, args)
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code != 0
+    assert "did not finish within 0.4 s" in " ".join(r.output.split())
 
 
 def get_settings_for(data_dir):

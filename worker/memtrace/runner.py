@@ -7,13 +7,17 @@ limit is killed with its process group).
 
 A result is keyed by everything that can change it: the architecture config, the training
 settings, the variant combination, the LoRA dropout, the versions of torch, transformers,
-peft and bitsandbytes, and `TRACER_VERSION` (bumped whenever the tracer's modelling
-changes). Cache files are written atomically (a temporary file, then rename), so concurrent
-writers and crashes leave either a whole answer or none.
+peft and bitsandbytes, `TRACER_VERSION` (bumped whenever the tracer's modelling changes) and
+a fingerprint of the source files a trace's answer is computed from (`code_fingerprint`), so
+a changed tracer never serves an answer of the old one, whether or not the version was
+bumped. Cache files are written atomically (a temporary file, then rename), so concurrent
+writers and crashes leave either a whole answer or none; the directory keeps the newest
+`disk_entries` answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -25,6 +29,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +68,44 @@ class TraceRefused(TraceFailed):
     """The worker refused the request (it cannot build or train this model as asked)."""
 
 
+# The source a trace's answer is computed from, relative to the directory that holds the
+# `worker` and `advisor` packages: the tracer, the worker modules it builds the model and the
+# Trainer's arguments from, the `worker trace` command, and the advisor modules that resolve
+# the settings and turn the peak into an estimate (allocator slack, CUDA context). A change
+# to any of them, comments included, costs one retrace per cached request; missing one would
+# serve stale answers.
+FINGERPRINTED = (
+    "worker/memtrace/*.py",
+    "worker/__main__.py",
+    "worker/errors.py",
+    "worker/modeling.py",
+    "worker/plan.py",
+    "worker/training.py",
+    "advisor/memory.py",
+    "advisor/profile.py",
+    "advisor/variants.py",
+)
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_fingerprint(root: Path = SOURCE_ROOT) -> str:
+    """SHA-256 over the names and bytes of the `FINGERPRINTED` files under `root`."""
+    digest = hashlib.sha256()
+    for pattern in FINGERPRINTED:
+        paths = sorted(root.glob(pattern))
+        if not paths:
+            raise FileNotFoundError(f"no {pattern} under {root}: the fingerprint would be blind")
+        for path in paths:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@cache
+def _installed_fingerprint() -> str:
+    return code_fingerprint()
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries a trace depends on (read from package metadata,
     without importing them)."""
@@ -92,12 +135,17 @@ def request_payload(
     }
 
 
-def cache_key(payload: Mapping[str, Any], versions: Mapping[str, str] | None = None) -> str:
+def cache_key(
+    payload: Mapping[str, Any],
+    versions: Mapping[str, str] | None = None,
+    code: str | None = None,
+) -> str:
     canonical = json.dumps(
         {
             "request": payload,
             "versions": dict(versions or library_versions()),
             "tracer": TRACER_VERSION,
+            "code": code or _installed_fingerprint(),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -110,7 +158,10 @@ class TraceRunner:
     """Traces with a time limit, behind a memory LRU and an optional directory of JSON files.
 
     `concurrency` traces run at once; a caller beyond that waits for a slot (a trace keeps a
-    CPU core busy for seconds).
+    CPU core busy for seconds), at most `timeout_s`, then gets a `TraceFailed` that says to
+    retry: the API calls this from its thread pool, and an unbounded wait would hold a
+    thread per queued request. The cache directory keeps the newest `disk_entries` answers
+    (a few KB each).
     """
 
     def __init__(
@@ -120,11 +171,14 @@ class TraceRunner:
         memory_entries: int = 256,
         concurrency: int = 1,
         python: str | None = None,
+        disk_entries: int = 2000,
     ) -> None:
         self.cache_dir = cache_dir
         self.timeout_s = timeout_s
         self.memory_entries = memory_entries
+        self.disk_entries = disk_entries
         self.python = python or sys.executable
+        self.code = _installed_fingerprint()
         self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -154,6 +208,8 @@ class TraceRunner:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be pruned
         self._remember(key, result)
         return result
 
@@ -168,18 +224,41 @@ class TraceRunner:
                 json.dump(result, f)
             os.replace(tmp, self.cache_dir / f"{key}.json")
         except OSError:
-            pass  # a cache that cannot be written only costs a retrace
+            return  # a cache that cannot be written only costs a retrace
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the newest `disk_entries` answers (by modification time, which a hit
+        renews). Runs after each new answer, that is after a trace of seconds: listing
+        the directory costs little beside it."""
+        assert self.cache_dir is not None
+        entries = []
+        for path in self.cache_dir.glob("*.json"):
+            try:
+                entries.append((path.stat().st_mtime_ns, path))
+            except OSError:
+                continue  # removed meanwhile by another process
+        entries.sort(reverse=True)
+        for _, path in entries[self.disk_entries :]:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # -- running --------------------------------------------------------------------------
 
     def run(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The trace's answer for `payload` (see `request_payload`): the estimate dict
         `python -m worker trace` prints. Raises `TraceFailed`."""
-        key = cache_key(payload, self.versions)
+        key = cache_key(payload, self.versions, self.code)
         hit = self._recall(key)
         if hit is None:
             self._check_libraries(payload)
-            with self._slots:
+            if not self._slots.acquire(timeout=self.timeout_s):
+                raise TraceFailed(
+                    "method",
+                    f"every trace slot stayed busy for {self.timeout_s:g} s; retry later, "
+                    "or use method 'analytic'",
+                )
+            try:
                 hit = self._recall(key)  # another caller may have traced it meanwhile
                 if hit is None:
                     try:
@@ -189,6 +268,8 @@ class TraceRunner:
                         # architecture): remember it too. Timeouts and crashes are not.
                         hit = {"refused": {"field": exc.field, "detail": exc.message}}
                     self._store(key, hit)
+            finally:
+                self._slots.release()
         if "refused" in hit:
             raise TraceFailed(hit["refused"]["field"], hit["refused"]["detail"])
         return hit
@@ -340,10 +421,16 @@ def traced_estimate(request: EstimateRequest, runner: TraceRunner) -> dict[str, 
     out["model"] = {"name": model_name, **arch.summary()}
     out["precision"] = training.precision
     trace = answer.get("trace", {})
+    kernels = ", ".join(f"{k} x{n}" for k, n in sorted(trace.get("attention_kernels", {}).items()))
+    scores = (
+        "the s x s attention score matrix is held (a kernel without a fused path ran)"
+        if trace.get("holds_score_matrix")
+        else "no s x s attention score matrix is held"
+    )
     notes.append(
         "measured by tracing two training steps of this architecture on PyTorch's meta device "
-        f"(peak in {trace.get('peak_phase', out['peak_phase'])}; attention kernels "
-        f"{trace.get('attention_kernels', {})})"
+        f"(peak in {trace.get('peak_phase', out['peak_phase'])}; attention kernels modelled "
+        f"for {trace.get('target', 'cuda')}: {kernels or 'none'}; {scores})"
     )
     out["notes"] = notes
     return out

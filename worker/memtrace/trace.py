@@ -82,7 +82,9 @@ class TraceResult:
         reserved = allocated * (1 + ALLOCATOR_SLACK)
         total = reserved + CUDA_CONTEXT_BYTES
         kinds = self.by_kind
-        phase = self.peak_phase if self.peak_phase in ("forward", "backward") else "optimizer"
+        phase = self.peak_phase
+        if phase not in ("forward", "backward", "optimizer"):
+            raise ValueError(f"a step has no phase {phase!r}")
         return MemoryEstimate(
             variant=combo.variant,
             combine_with=combo.combine_with,
@@ -260,14 +262,17 @@ def _trace(config, training, combo, lora_dropout, device, target, steps) -> Trac
         torch.cuda.reset_peak_memory_stats()
     try:
         with _meta_context(device, padded, target, emulation), tracker:
+            # Every allocation belongs to a phase of the step: what comes before a forward
+            # (the loss scale, each micro batch's input) is the forward's.
+            tracker.phase = "forward"
             if plan.precision == "fp16":
                 # The Trainer's GradScaler (through accelerate) multiplies the loss by a scale
                 # and unscales the gradients in place before clipping.
                 scale = torch.full((), 65536.0, device=device)
             for _ in range(steps):
                 for _ in range(micro_batches):
-                    batch = _batch(plan, vocab, device)
                     tracker.phase = "forward"
+                    batch = _batch(plan, vocab, device)
                     with torch.autocast(
                         autocast_device,
                         dtype=autocast_dtype or torch.bfloat16,
@@ -293,7 +298,6 @@ def _trace(config, training, combo, lora_dropout, device, target, steps) -> Trac
                 optimizer.step()
                 tracker.mark(_state_tensors(optimizer), "optimizer")
                 model.zero_grad(set_to_none=True)
-                tracker.phase = "step-end"
     finally:
         for hook in hooks:
             hook.remove()
