@@ -3,9 +3,14 @@
 Keys travel as ``Authorization: Bearer <key>``. The server knows only their
 SHA-256 digests (``LORACLE_API_KEY_HASHES``, comma-separated hex), so a leaked
 configuration leaks no key. A presented key's digest is compared with every
-accepted digest in constant time (``hmac.compare_digest``, no early exit), and
-the matching digest is the owner of what the request creates: files and jobs
-of one key are invisible (404) to another. ``LORACLE_AUTH_DISABLED=1`` turns
+accepted digest in constant time (``hmac.compare_digest``, no early exit).
+
+Each entry is ``<digest>`` or ``<owner>:<digest>``. The owner of what a request
+creates is the entry's owner name, or its digest when it has none: files and jobs
+of one owner are invisible (404) to another. Several keys may share an owner name,
+which is how a key is rotated without orphaning its jobs: list the new key's digest
+under the old one's owner (``<old digest>:<new digest>``, or a chosen name), move
+clients over, then remove the old entry. ``LORACLE_AUTH_DISABLED=1`` turns
 authentication off; the server says so loudly at start.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from typing import Annotated
 
@@ -35,8 +41,25 @@ def new_key() -> str:
     return "lor_" + secrets.token_urlsafe(32)
 
 
+OWNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def accepted_keys(settings: Settings) -> list[tuple[str, str]]:
+    """(digest, owner) of every entry of LORACLE_API_KEY_HASHES."""
+    keys = []
+    for entry in (settings.api_key_hashes or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, _, hashed = entry.rpartition(":")
+        hashed = hashed.strip().lower()
+        keys.append((hashed, name.strip() or hashed))
+    return keys
+
+
 def accepted_hashes(settings: Settings) -> list[str]:
-    return [h.strip().lower() for h in (settings.api_key_hashes or "").split(",") if h.strip()]
+    return [hashed for hashed, _ in accepted_keys(settings)]
 
 
 def configuration_problem(settings: Settings) -> str | None:
@@ -50,9 +73,19 @@ def configuration_problem(settings: Settings) -> str | None:
             "the accepted keys (comma-separated), or LORACLE_AUTH_DISABLED=1 to run without "
             "authentication; `loracle up` creates a key for you"
         )
-    bad = [h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
+    bad = [h for h in hashes if not HEX_DIGEST.match(h)]
     if bad:
         return f"LORACLE_API_KEY_HASHES holds {len(bad)} value(s) that are not SHA-256 hex digests"
+    names = [owner for hashed, owner in accepted_keys(settings) if owner != hashed]
+    bad_names = [n for n in names if not OWNER_NAME.match(n)]
+    if bad_names:
+        return (
+            f"LORACLE_API_KEY_HASHES: owner names {bad_names} are not 1-64 letters, digits, "
+            "'.', '_' or '-' (starting with a letter or digit); write entries as "
+            "<owner>:<digest>"
+        )
+    if len(set(hashes)) != len(hashes):
+        return "LORACLE_API_KEY_HASHES lists a digest twice; list each key once"
     return None
 
 
@@ -69,17 +102,17 @@ async def app_settings(request: Request) -> Settings:
 async def get_owner(
     request: Request, settings: Annotated[Settings, Depends(app_settings)]
 ) -> str | None:
-    """The owner of this request: the digest of its valid API key."""
+    """The owner of this request: its valid API key's owner name, or the key's digest."""
     return check_key(request, settings)
 
 
 def check_key(request: Request, settings: Settings) -> str | None:
-    """The digest of the request's valid API key (None with auth disabled); raises 401."""
+    """The owner of the request's valid API key (None with auth disabled); raises 401."""
     return key_owner(request.headers.get("authorization", ""), settings)
 
 
 def key_owner(authorization: str, settings: Settings) -> str | None:
-    """The one check of an ``Authorization`` header: the digest of its valid API key (None
+    """The one check of an ``Authorization`` header: the owner of its valid API key (None
     with auth disabled); raises a 401 ``ApiError``. Routes reach it through `check_key`;
     the upload middleware (api/limits.py) calls it before reading a body."""
     if settings.auth_disabled:
@@ -89,9 +122,9 @@ def key_owner(authorization: str, settings: Settings) -> str | None:
         raise _unauthorized("send your API key as 'Authorization: Bearer <key>'")
     presented = digest(key.strip())
     match = None
-    for accepted in accepted_hashes(settings):
+    for accepted, owner in accepted_keys(settings):
         if hmac.compare_digest(presented, accepted):
-            match = accepted
+            match = owner
     if match is None:
         raise _unauthorized("the API key is not valid; check it, or ask for a new one")
     return match

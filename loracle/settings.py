@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     )
     api_key_hashes: str | None = Field(
         default=None,
-        description="Comma-separated SHA-256 hex digests of the accepted API keys.",
+        description="Comma-separated SHA-256 hex digests of the accepted API keys, each "
+        "optionally as <owner>:<digest>; keys with one owner share its files and jobs.",
     )
     auth_disabled: bool = Field(
         default=False, description="LORACLE_AUTH_DISABLED=1 turns authentication off."
