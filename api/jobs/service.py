@@ -456,7 +456,15 @@ def dispatch_pending(settings: Settings, queue: Celery) -> int:
                 .limit(100)
             )
         )
-    return sum(enqueue(settings, queue, job_id) for job_id in ids)
+    sent = 0
+    for job_id in ids:
+        if not enqueue(settings, queue, job_id):
+            # The broker is down: every further publish would wait its ~2 s retry too, and
+            # a round of 100 would hold back the next reap of dead workers' jobs by minutes.
+            # The rest wait for the next round.
+            break
+        sent += 1
+    return sent
 
 
 def artifacts_dir(settings: Settings, job_id: str) -> Path:

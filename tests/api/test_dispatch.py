@@ -51,3 +51,23 @@ def test_a_job_whose_send_failed_is_sent_by_the_dispatcher(tmp_path):
     assert service.dispatch_pending(settings, queue) == 1
     assert service.dispatch_pending(settings, queue) == 0
     assert waiting_job_ids(settings) == {job_id}
+
+
+def test_a_round_stops_at_the_first_failed_send(tmp_path):
+    """While the broker is down each publish waits for its retries; a round that tried every
+    queued job would hold back the next reap of dead workers' jobs."""
+    settings = Settings(data_dir=tmp_path / "data", auth_disabled=True)
+
+    class CountingBrokerDown(BrokerDown):
+        tries = 0
+
+        def send_task(self, *args, **kwargs):
+            CountingBrokerDown.tries += 1
+            return super().send_task(*args, **kwargs)
+
+    jobs = [_new_job(settings) for _ in range(3)]
+    for job_id in jobs:  # each request's own send failed
+        assert not service.enqueue(settings, BrokerDown(), job_id)  # type: ignore[arg-type]
+    assert service.dispatch_pending(settings, CountingBrokerDown()) == 0  # type: ignore[arg-type]
+    assert CountingBrokerDown.tries == 1
+    assert service.dispatch_pending(settings, make_celery(settings)) == 3
