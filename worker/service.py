@@ -340,12 +340,23 @@ def execute_job(job_id: str, settings: Settings) -> str:
             if job.status == store.RUNNING:
                 # A second delivery while another process holds a live lease
                 # (Redis redelivers after its visibility timeout): never train twice.
+                # Or the lease expired and the job has used its attempts: the dispatcher's
+                # reaper fails it; this delivery must not start it again either.
+                expired = job.lease_expires_at is not None and (
+                    job.lease_expires_at < store.store_now(s)
+                )
+                why = (
+                    f"its lease (held by {job.lease_owner}) expired and it has used its "
+                    f"{job.attempts} attempts; the dispatcher ends it"
+                    if expired
+                    else f"{job.lease_owner} holds its lease"
+                )
                 store.add_event(
                     s,
                     job_id,
                     "duplicate_delivery",
-                    f"{worker_name()} received the job while {job.lease_owner} holds its "
-                    "lease; this delivery exits without training",
+                    f"{worker_name()} received the job while {why}; this delivery exits "
+                    "without training",
                     {"receiver": worker_name(), "lease_owner": job.lease_owner},
                 )
             log.info("job %s is %s; nothing to do", job_id, job.status)

@@ -80,6 +80,11 @@ def test_files_and_jobs_belong_to_the_key_that_created_them(
         assert a.get(path).status_code == 200, path
         assert b.get(path).status_code == 404, path
     assert b.post(f"/v1/jobs/{job_a['id']}/cancel").status_code == 404
+    # A download names the job first: B learns nothing of A's job or its files.
+    download = f"/v1/jobs/{job_a['id']}/artifacts/adapter_model.safetensors"
+    r = b.get(download)
+    assert r.status_code == 404 and r.json()["detail"].startswith("no job")
+    assert "has no artifact" in a.get(download).json()["detail"]
     # B cannot train on A's file either
     r = b.post("/v1/jobs", json=_job_body(tiny_model, file_a["id"]))
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "training_file"
