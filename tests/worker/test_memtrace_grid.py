@@ -41,6 +41,9 @@ FIXED = [
     "gemma-2-2b-lora-s2048-b4-nockpt",
     # fused qkv_proj and gate_up_proj under DoRA (its fp32 output gradients), 2048 tokens
     "Phi-3-mini-4k-instruct-dora-s2048-b1-ckpt",
+    # without checkpointing attention keeps the value states, a view of the fused qkv_proj
+    # output, and with them all of it (no KV cache copies them out, as in the Trainer)
+    "Phi-3-mini-4k-instruct-qlora-s512-b4-nockpt",
     # a 7B QLoRA step whose peak is in a block recomputed during backward, with the
     # dequantized weight of bitsandbytes' fallback live
     "Llama-2-7b-hf-qlora-s512-b1-ckpt",

@@ -163,6 +163,10 @@ def build_model(config: Mapping[str, Any], plan: TrainingPlan, device: str = "me
                 training_arguments(plan).gradient_checkpointing_kwargs
             )
         )
+    # `Trainer.__init__` (transformers 5.24, its last step) sets `model.config.use_cache` to
+    # `TrainingArguments.use_cache`, False unless asked. Left at the config's True, a forward
+    # without checkpointing fills a DynamicCache: per layer a copy of the keys and values.
+    model.config.use_cache = training_arguments(plan).use_cache
     model.train()
     return model
 

@@ -10,9 +10,9 @@ x the four variants x sequence lengths x micro batches x gradient checkpointing)
 device for a CUDA target and writes one record per configuration with the traced peak, its
 breakdown and the library versions. `table` prints the analytic model's error against it,
 per variant (the table published in docs/memory.md). With `--update`, only the selected
-configurations (`--models`, `--variants`) are retraced and the other rows of the file are
-kept: for a tracer change that can only touch some rows (the whole grid takes about 22
-minutes on 2 cores); the tests' byte-equal retraces then check the kept rows.
+configurations (`--models`, `--variants`, `--match` on row ids) are retraced and the other
+rows of the file are kept: for a tracer change that can only touch some rows (the whole grid
+takes about 22 minutes on 2 cores); the tests' byte-equal retraces then check the kept rows.
 
 Tests hold the analytic model to the stored grid and retrace a sample of it on every run,
 so the file cannot go stale unnoticed.
@@ -21,6 +21,7 @@ so the file cannot go stale unnoticed.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import statistics
 import sys
@@ -180,11 +181,16 @@ def run(
     architectures: Iterable[str],
     variants: Iterable[str] = VARIANTS,
     update: bool = False,
+    match: Iterable[str] = ("*",),
 ) -> None:
     from worker.memtrace.runner import TRACER_VERSION, library_versions
 
-    wanted = set(variants)
-    rows = [r for r in configurations(architectures) if r["variant"] in wanted]
+    wanted, patterns = set(variants), list(match)
+    rows = [
+        r
+        for r in configurations(architectures)
+        if r["variant"] in wanted and any(fnmatch.fnmatch(row_id(r), p) for p in patterns)
+    ]
     kept: dict[str, dict[str, Any]] = {}
     previous_seconds = None
     if update:
@@ -234,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--models", nargs="*", default=list(ARCHITECTURES))
     r.add_argument("--variants", nargs="*", default=list(VARIANTS))
     r.add_argument(
+        "--match",
+        nargs="*",
+        default=["*"],
+        help="only rows whose id matches one of these shell patterns, e.g. '*-nockpt'",
+    )
+    r.add_argument(
         "--update",
         action="store_true",
         help="retrace only the selected rows and keep the file's other rows",
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--grid", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.out, args.jobs, args.models, args.variants, args.update)
+        run(args.out, args.jobs, args.models, args.variants, args.update, args.match)
     else:
         rows = json.loads(args.grid.read_text(encoding="utf-8"))["rows"]
         print(table(rows))

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from advisor.profile import EstimateRequest
 
 # Bump when the tracer models anything differently: old cache entries then stop matching.
-TRACER_VERSION = 3  # 3: 4-bit linears dequantize on CUDA above 4 rows (bitsandbytes dispatch)
+TRACER_VERSION = 4  # 4: no KV cache in training steps, as the Trainer sets use_cache=False
 DEFAULT_TIMEOUT_S = 180.0
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
 EXIT_REFUSED = 2
