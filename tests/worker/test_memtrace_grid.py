@@ -2,7 +2,7 @@
 
 Retracing all of `tests/advisor/data/trace_grid.json` takes tens of minutes, so every run
 retraces a sample: fixed rows that cover every variant and every modelling path of the grid
-(so a failure reproduces; about 20 s on 2 cores) and two more drawn from the whole grid
+(so a failure reproduces; about 25 s on 2 cores) and two more drawn from the whole grid
 (seeded by `LORACLE_GRID_SEED`, else by the day, so the sample walks the grid over time; the
 seed is in the test id). A trace is deterministic, so the figures must match to the byte;
 when a library upgrade or a tracer change moves them, regenerate the grid (`python -m
@@ -28,7 +28,7 @@ DOCUMENT = json.loads(GRID_FILE.read_text(encoding="utf-8"))
 ROWS = {r["id"]: r for r in DOCUMENT["rows"]}
 
 # Every variant, and every modelling path the grid has, in few rows (with the two drawn ones,
-# 23 s on 2 cores, imports included; the four rows before these took 14 s):
+# about 25 s on 2 cores, imports included; the four rows before these took 12-13 s):
 FIXED = [
     # tied 128k-vocabulary head; a padded micro batch (memory-efficient attention, the
     # additive mask per block) without checkpointing
