@@ -262,6 +262,13 @@ def estimate(
         # flash / memory-efficient sdpa on CUDA keep q, k, v, the output and a
         # per-head fp32 logsumexp; no s x s scores (what a CUDA run uses).
         per_layer += d.compute * (2 * arch.q_dim + 2 * kv_saved) + 4 * nh
+    if arch.fused and not (gqa and padded):
+        # A fused qkv_proj (Phi-3): the value states attention keeps are a view of the
+        # fused output, so its query and key columns stay alive with them (the rotated
+        # q and k are tensors of their own). Found by the tracer against the real Trainer;
+        # 192 MiB a block for Phi-3-mini at 512 tokens. Where k and v are repeated to
+        # every head (GQA with a padded batch), the kept v is a copy and frees it.
+        per_layer += d.compute * (arch.q_dim + arch.kv_dim)
     # Gated MLP: SiLU keeps gate's output, the product keeps silu(gate) and up.
     per_layer += 3 * d.residual * i
     dora_weight_saved = 0.0
