@@ -41,6 +41,8 @@ def test_api_and_worker_share_data_and_broker():
         env = service["environment"]
         assert env["LORACLE_BROKER_URL"].startswith("redis://redis:6379")
         assert env["LORACLE_DATA_DIR"] == "/data"
+        # Hub downloads land on the shared volume, so they survive a rebuild.
+        assert env["HF_HOME"].startswith("/data/")
 
 
 def test_images_and_commands_exist():
