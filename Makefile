@@ -32,7 +32,8 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The evidence benchmark alone; BENCH_ARGS=--quick for the few-minute version
+# The evidence benchmark alone; BENCH_ARGS=--quick for the smaller version (its recorded
+# times: BENCHMARKS.md)
 bench-evidence: $(STAMP)
 	$(BIN)/python -m bench evidence $(BENCH_ARGS)
 

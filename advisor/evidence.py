@@ -118,29 +118,65 @@ def _figures(data: dict[str, Any], key: str) -> str:
         step_text = (
             f"; steps took {_pm(step, '{:+.0f}', '%')} more CPU time than LoRA's" if step else ""
         )
+        # On a GPU LoRA keeps these layers in 16 bits; files written before that ratio was
+        # recorded name the fp32 of their CPU run instead.
+        if f.get("adapted_linears_ratio_16bit"):
+            layers = (
+                f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_16bit']:.2f}x the bytes of "
+                "the same layers in 16 bits (as LoRA keeps them on a GPU)"
+            )
+        else:
+            layers = (
+                f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_small']:.2f}x the bytes of "
+                "the same layers in fp32 (LoRA's CPU run)"
+            )
+        peak = f.get("peak_ratio_small")
+        peak_text = ""
+        if peak:
+            model = data.get("setup", {}).get("model_short", "the small model")
+            saving = "no saving" if peak >= 0.97 else "a saving" if peak <= 0.9 else "little saving"
+            peak_text = (
+                f"; measured on {model}, its peak memory was {peak:.2f}x LoRA's ({saving} at "
+                "that size, where the weights are a small part of the peak)"
+            )
         return (
-            f"QLoRA's NF4 layers hold {f['adapted_linears_ratio_small']:.2f}x the bytes of "
-            f"LoRA's fp32 ones; held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} "
-            f"and exact match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against "
-            f"LoRA's{step_text}; for a 7B model {tool} gives {est['qlora']:.1f} GB against "
-            f"{est['lora']:.1f} GB"
+            f"{layers}{peak_text}; held-out loss "
+            f"{_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact match "
+            f"{_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's{step_text}; "
+            f"for a 7B model {tool} gives {est['qlora']:.1f} GB against {est['lora']:.1f} GB "
+            "(an estimate, not a measurement)"
         )
     if key == "lora":
-        return (
+        text = (
             f"LoRA's held-out loss was {f['loss_gap_pct']:+.1f}% against the best variant's "
             f"({TITLES.get(f['best_variant'], f['best_variant'])}) at the same settings"
         )
+        tuned = f.get("tuned_best")
+        if tuned and f.get("tuned_loss_gap_pct") is not None:
+            text += (
+                f" and {f['tuned_loss_gap_pct']:+.1f}% against "
+                f"{TITLES.get(tuned['variant'], tuned['variant'])} at "
+                f"{tuned['learning_rate']:g} with LoRA at its best rate "
+                f"({tuned['lora_learning_rate']:g})"
+            )
+        return text
     if key == "qlora+loraplus":
         best = f.get("speedup_vs_qlora_best_lr")
+        same = f.get("speedup_vs_qlora")
+        if same:
+            same_text = f"{_pm(same, '{:.2f}', 'x')} sooner at the same learning rate"
+        else:
+            same_text = (
+                f"at QLoRA's learning rate it never did ({f.get('reached_vs_qlora', 'no')} seeds "
+                "reached it)"
+            )
         if best:
             return (
                 "QLoRA + LoRA+ reached QLoRA's final held-out loss "
-                f"{_pm(best, '{:.2f}', 'x')} sooner with LoRA+'s and LoRA's best rates"
+                f"{_pm(best, '{:.2f}', 'x')} sooner with LoRA+'s and LoRA's best rates; "
+                f"{same_text}"
             )
-        return (
-            "QLoRA + LoRA+ reached QLoRA's final held-out loss "
-            f"{_pm(f['speedup_vs_qlora'], '{:.2f}', 'x')} sooner at the same learning rate"
-        )
+        return f"QLoRA + LoRA+ reached QLoRA's final held-out loss {same_text}"
     if key == "qlora+dora":
         return (
             f"QLoRA + DoRA's held-out loss {_pm(f['eval_loss_diff_pct_vs_qlora'], '{:+.1f}', '%')}"
@@ -150,9 +186,22 @@ def _figures(data: dict[str, Any], key: str) -> str:
     raise KeyError(key)
 
 
+CHECKS = {
+    "quality": "quality",
+    "parameters": "parameters under 5%",
+    "memory_7b": "7B memory, modeled",
+    "memory_small": "memory measured at this scale",
+}
+
+
 def _verdict(data: dict[str, Any], key: str) -> str:
+    """'; <verdict> at this scale', with the verdict of each part of a claim of several."""
     verdict = data[key].get("verdict")
-    return f"; {verdict} at this scale" if verdict else ""
+    if not verdict:
+        return ""
+    checks = data[key].get("checks") or {}
+    parts = "; ".join(f"{CHECKS.get(k, k)}: {v}" for k, v in checks.items())
+    return f"; {verdict} at this scale" + (f" ({parts})" if parts else "")
 
 
 def measured_evidence(variant: str | None, data: dict[str, Any] | None = None) -> str:

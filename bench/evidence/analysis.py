@@ -143,12 +143,56 @@ def overhead(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[st
     }
 
 
-def best_learning_rate(runs: list[dict[str, Any]], key: str, seed: int) -> float | None:
-    """The learning rate whose run (at `seed`) ends with the lowest held-out loss."""
-    candidates = [r for r in runs if r["key"] == key and r["seed"] == seed]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda r: final(r)["eval_loss"])["learning_rate"]
+def finalists(
+    runs: list[dict[str, Any]], key: str, seed: int, n: int, exclude: float
+) -> list[float]:
+    """The `n` learning rates (other than `exclude`, which runs on every seed anyway) whose
+    runs of `key` at `seed` ended with the lowest held-out loss: the ones worth running on
+    the other seeds."""
+    candidates = [
+        r
+        for r in runs
+        if r["key"] == key and r["seed"] == seed and not _same(r["learning_rate"], exclude)
+    ]
+    ranked = sorted(candidates, key=lambda r: final(r)["eval_loss"])
+    return [r["learning_rate"] for r in ranked[:n]]
+
+
+def pick_learning_rate(
+    runs: list[dict[str, Any]], key: str, seeds: list[int], sweep: list[float]
+) -> dict[str, Any]:
+    """The learning rate of `key` with the lowest final held-out loss, averaged over `seeds`,
+    among the rates that ran on all of them; from the first seed alone when none did. Says
+    where the pick lies in the sweep: at its lowest or highest rate, a rate beyond the sweep
+    may be better still."""
+    by_rate: dict[float, dict[int, float]] = {}
+    for r in runs:
+        if r["key"] == key and r["seed"] in seeds:
+            by_rate.setdefault(r["learning_rate"], {})[r["seed"]] = final(r)["eval_loss"]
+    if not by_rate:
+        return {"learning_rate": None, "picked_on": None, "edge": None, "mean_eval_loss": {}}
+    complete = {
+        lr: statistics.fmean(per.values()) for lr, per in by_rate.items() if set(seeds) <= set(per)
+    }
+    if complete:
+        best = min(complete, key=lambda lr: complete[lr])
+        picked_on = f"mean of {len(seeds)} seeds"
+    else:
+        first = {lr: per[seeds[0]] for lr, per in by_rate.items() if seeds[0] in per}
+        best = min(first, key=lambda lr: first[lr])
+        picked_on = f"seed {seeds[0]}"
+    edge = None
+    if sweep and len(sweep) > 1:
+        if _same(best, min(sweep)):
+            edge = "lowest"
+        elif _same(best, max(sweep)):
+            edge = "highest"
+    return {
+        "learning_rate": best,
+        "picked_on": picked_on,
+        "edge": edge,
+        "mean_eval_loss": {f"{lr:g}": mean for lr, mean in sorted(complete.items())},
+    }
 
 
 def curves(runs: list[dict[str, Any]], key: str, lr: float) -> dict[str, Any]:
@@ -163,6 +207,75 @@ def curves(runs: list[dict[str, Any]], key: str, lr: float) -> dict[str, Any]:
         "mean": [statistics.fmean(x) for x in losses],
         "min": [min(x) for x in losses],
         "max": [max(x) for x in losses],
+    }
+
+
+CLEARLY_BETTER_PCT = 5.0
+"""A held-out loss this much lower than LoRA's is "clearly better" (the LoRA rule's bound)."""
+
+
+def tuned_comparison(runs: list[dict[str, Any]], lora_lr: float, n_seeds: int) -> dict[str, Any]:
+    """LoRA at its best learning rate against every combination at every rate that ran on
+    all seeds: the best of them, LoRA's gap to it (%), and those clearly better than LoRA."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["key"], r["learning_rate"]), []).append(final(r)["eval_loss"])
+    means = {g: statistics.fmean(v) for g, v in groups.items() if len(v) >= n_seeds}
+    lora = next((m for (k, lr), m in means.items() if k == "lora" and _same(lr, lora_lr)), None)
+    if lora is None or not means:
+        return {
+            "lora_learning_rate": lora_lr,
+            "lora_eval_loss": lora,
+            "best": None,
+            "loss_gap_pct": None,
+            "clearly_better": [],
+        }
+    (key, lr), best = min(means.items(), key=lambda kv: kv[1])
+    clearly = [
+        {"key": k, "learning_rate": r, "eval_loss": m, "lora_gap_pct": 100 * (lora / m - 1)}
+        for (k, r), m in sorted(means.items(), key=lambda kv: kv[1])
+        if 100 * (lora / m - 1) > CLEARLY_BETTER_PCT
+    ]
+    return {
+        "lora_learning_rate": lora_lr,
+        "lora_eval_loss": lora,
+        "best": {"key": key, "learning_rate": lr, "eval_loss": best},
+        "loss_gap_pct": 100 * (lora / best - 1),
+        "clearly_better": clearly,
+    }
+
+
+def measured_small(lora: dict[str, Any], qlora: dict[str, Any]) -> dict[str, Any]:
+    """QLoRA against LoRA on the benchmark's own model, from the memory probes: the peak
+    (growth of the process's resident memory during the run), the share of LoRA's peak that
+    its frozen weights are, and the bytes of the adapted linear layers: NF4 against LoRA's
+    as stored in this run (fp32 on CPU) and against the same layers in 16 bits (as a GPU run
+    keeps them; 2 bytes per weight)."""
+
+    def get(figures: dict[str, Any], *path: str) -> Any:
+        for key in path:
+            figures = figures.get(key) if isinstance(figures, dict) else None  # type: ignore[assignment]
+        return figures
+
+    peak = {
+        k: get(m, "peak_memory", "rss_growth_bytes") for k, m in (("lora", lora), ("qlora", qlora))
+    }
+    weights = get(lora, "model_bytes", "weights")
+    adapted = {
+        k: get(m, "model_bytes", "adapted_linears") for k, m in (("lora", lora), ("qlora", qlora))
+    }
+    params = get(lora, "model_bytes", "adapted_linears_parameters")
+    return {
+        "peak_rss_growth_bytes": peak,
+        "peak_ratio": peak["qlora"] / peak["lora"] if peak["lora"] and peak["qlora"] else None,
+        "lora_weights_bytes": weights,
+        "lora_weights_share_of_peak": weights / peak["lora"] if weights and peak["lora"] else None,
+        "adapted_linears_ratio_as_run": adapted["qlora"] / adapted["lora"]
+        if adapted["lora"] and adapted["qlora"]
+        else None,
+        "adapted_linears_ratio_16bit": adapted["qlora"] / (2 * params)
+        if params and adapted["qlora"]
+        else None,
     }
 
 
@@ -183,6 +296,7 @@ def claims(
         return memory.get(key, {})
 
     finals = {k: spread(final(r)["exact_match"] for r in v) for k, v in at.items()}
+    tuned = tuned_comparison(runs, best_lr.get("lora", base_lr), len(at["lora"]))
     losses = {k: spread(final(r)["eval_loss"] for r in v) for k, v in at.items()}
     # The best variant at the same settings: the lowest held-out loss.
     best_key = min(
@@ -211,6 +325,7 @@ def claims(
             "quality": quality(at["lora"], at["qlora"]),
             "overhead": overhead(at["lora"], at["qlora"]),
             "memory_small": {"lora": mem("lora"), "qlora": mem("qlora")},
+            "measured_small": measured_small(mem("lora"), mem("qlora")),
             "memory_7b": estimate_7b,
         },
         "qlora+loraplus": {
@@ -247,6 +362,7 @@ def claims(
                 if losses["lora"]["mean"] and losses[best_key]["mean"]
                 else None
             ),
+            "tuned": tuned,
             "base_exact_match": spread(r["evals"][0]["exact_match"] for r in at["lora"]),
             "base_eval_loss": spread(r["evals"][0]["eval_loss"] for r in at["lora"]),
         },

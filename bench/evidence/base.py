@@ -77,7 +77,7 @@ class BaseSpec:
     warmup_steps: int = 30
     seed: int = 0
     corpus_files: int | None = None
-    """Use only the first this many files of the corpus (None: all); for the smoke mode."""
+    """Use only the first this many files of the corpus (None: all): a smaller, faster base."""
     torch_threads: int = 1
     """Threads of the pretraining. Part of the spec because CPU matmuls split their sums
     differently over a different number of threads: the same seed gives the same bits only

@@ -1,14 +1,16 @@
-"""Memory of one variant, measured in a fresh process: `python -m bench.evidence.probe PLAN`.
+"""Memory of one variant, measured in a fresh process.
 
 Why a process of its own: on CPU the worker measures peak memory as the growth of the
 process's resident set over its value at the start of the run. In a process that already ran
 a training run, freed memory stays with the allocator and the next run's growth reads near
 zero; a fresh process per variant starts every measurement from the same place (Python,
-torch, transformers and peft imported, nothing trained).
+torch, transformers and peft imported, nothing trained). The benchmark spawns each probe in
+a fresh interpreter (`bench.evidence._probe_all`), as the command below does.
 
-Prints one JSON object: the worker's `peak_memory`, the bytes of the model's tensors as built
-by the worker (`runs.tensor_bytes`), and the held-out language-modelling loss of the base as
-this variant stores it (adapters off): for QLoRA, what NF4 did to the pretrained model.
+`python -m bench.evidence.probe PLAN HELD_OUT_TEXTS` prints one JSON object: the worker's
+`peak_memory`, the bytes of the model's tensors as built by the worker (`runs.tensor_bytes`),
+and the held-out language-modelling loss of the base as this variant stores it (adapters off):
+for QLoRA, what NF4 did to the pretrained model.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import sys
 from pathlib import Path
 
 
-def base_lm_loss(model, tokenizer, chunks: int = 32) -> float | None:
+def base_lm_loss(model, tokenizer, held_texts: list[str], chunks: int = 32) -> float | None:
     """Held-out loss (nats/token) of the base with the adapters switched off, on the
     standard-library files the base never trained on."""
     try:
-        from bench.evidence.base import _chunks, held_out_loss, read_corpus
+        from bench.evidence.base import _chunks, held_out_loss
 
-        _, held_texts, _ = read_corpus()
         held = _chunks(held_texts, tokenizer, 128)[:chunks]
         with model.disable_adapter():
             return round(held_out_loss(model, held, 16), 4)
@@ -33,7 +34,9 @@ def base_lm_loss(model, tokenizer, chunks: int = 32) -> float | None:
         return None
 
 
-def probe(plan_path: Path) -> dict:
+def probe(plan_path: Path, held_out_path: Path) -> dict:
+    """`held_out_path`: a JSON list of the base's held-out files' texts (read once by the
+    benchmark rather than once per probe)."""
     from bench.evidence.runs import capture_model, tensor_bytes
     from worker.plan import load_plan
     from worker.training import run_training
@@ -46,13 +49,15 @@ def probe(plan_path: Path) -> dict:
         "model_bytes": tensor_bytes(box["model"]),
         "trainable_parameters": result.trainable_parameters,
         "steps": result.steps,
-        "base_lm_loss": base_lm_loss(box["model"], box["tokenizer"]),
+        "base_lm_loss": base_lm_loss(
+            box["model"], box["tokenizer"], json.loads(held_out_path.read_text(encoding="utf-8"))
+        ),
     }
 
 
 def main() -> None:
     # The last line of stdout is the answer; libraries may print before it.
-    print(json.dumps(probe(Path(sys.argv[1]))))
+    print(json.dumps(probe(Path(sys.argv[1]), Path(sys.argv[2]))))
 
 
 if __name__ == "__main__":

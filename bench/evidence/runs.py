@@ -50,7 +50,11 @@ def tensor_bytes(model) -> dict[str, int]:
     and buffers as stored, with bitsandbytes' 4-bit packing and its quantization statistics),
     `adapted_linears` (the part of `weights` in the linear layers that carry adapters: what
     QLoRA quantizes) and `trainable` (adapter parameters; their gradients and AdamW's two
-    moments are as large again, each, in fp32)."""
+    moments are as large again, each, in fp32).
+
+    `adapted_linears_parameters` counts the weights of those layers as the model defines
+    them, packed or not: twice it is their size in 16 bits, the precision a GPU run of LoRA
+    keeps them in, which a CPU run (fp32) does not show."""
     weights = trainable = 0
     for param in model.parameters():
         if param.requires_grad:
@@ -58,12 +62,21 @@ def tensor_bytes(model) -> dict[str, int]:
         else:
             weights += _param_bytes(param)
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
-    adapted = sum(
-        _param_bytes(module.base_layer.weight)
+    adapted_layers = [
+        module
         for module in model.modules()
         if hasattr(module, "base_layer") and hasattr(module, "lora_A")
+    ]
+    adapted = sum(_param_bytes(module.base_layer.weight) for module in adapted_layers)
+    adapted_parameters = sum(
+        module.base_layer.in_features * module.base_layer.out_features for module in adapted_layers
     )
-    return {"weights": weights, "adapted_linears": adapted, "trainable": trainable}
+    return {
+        "weights": weights,
+        "adapted_linears": adapted,
+        "adapted_linears_parameters": adapted_parameters,
+        "trainable": trainable,
+    }
 
 
 def _param_bytes(param) -> int:

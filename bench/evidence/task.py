@@ -14,8 +14,9 @@ prompt (a dict to JSON, say) stay out of its reach whatever the variant.
 
 Why the base cannot do it yet: it has read doctests, but never this many answers in a row, and
 never an answer followed by the end of the text; before fine-tuning it gets no example right
-(`exact_match` at step 0). The held-out set holds no expression of the training set, and sums
-whose pair of operands the training set never adds.
+(`exact_match` at step 0). No held-out prompt occurs in the training set; for sums that means
+training never adds a held-out sum's operands in that order (it may add them the other way
+round: `3 + 4` held out, `4 + 3` trained).
 
 Metrics on the held-out set, over the completion tokens (eos included, as the worker's data
 code trains it):

@@ -175,3 +175,57 @@ def test_memory_becoming_binding_cites_qlora_and_the_kept_combination(evidence_f
     )
     assert "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.70x" in binding["evidence"]
     assert "arXiv:2305.14314" in binding["evidence"]
+
+
+def test_qlora_note_compares_with_16_bit_weights_and_cites_the_measured_peak(evidence_file):
+    data = json.loads(json.dumps(SAMPLE))
+    data["setup"]["model_short"] = "Llama 2.4M"
+    data["qlora"].update(
+        adapted_linears_ratio_16bit=0.268,
+        peak_ratio_small=1.008,
+        verdict="partly",
+        checks={"memory_7b": "reproduces", "memory_small": "does not reproduce"},
+    )
+    evidence_file(data)
+    text = evidence.measured_evidence("qlora", data)
+    assert "QLoRA's NF4 layers hold 0.27x the bytes of the same layers in 16 bits" in text
+    assert "measured on Llama 2.4M, its peak memory was 1.01x LoRA's (no saving" in text
+    assert "16.9 GB (an estimate, not a measurement)" in text
+    assert (
+        "; partly at this scale (7B memory, modeled: reproduces; memory measured at this "
+        "scale: does not reproduce)" in text
+    )
+    # A file without the 16-bit ratio names what its ratio compares with.
+    del data["qlora"]["adapted_linears_ratio_16bit"]
+    assert "0.13x the bytes of the same layers in fp32 (LoRA's CPU run)" in (
+        evidence.measured_evidence("qlora", data)
+    )
+
+
+def test_combination_note_says_when_it_never_caught_up_at_the_same_rate(evidence_file):
+    data = json.loads(json.dumps(SAMPLE))
+    data["qlora+loraplus"] = {
+        "speedup_vs_qlora": None,
+        "reached_vs_qlora": "0 of 3",
+        "speedup_vs_qlora_best_lr": {"mean": 1.49, "std": 0.15},
+    }
+    evidence_file(data)
+    notes = " ".join(advise("speed", memory=12.0)["notes"])
+    assert (
+        "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.49x ± 0.15x sooner with LoRA+'s "
+        "and LoRA's best rates; at QLoRA's learning rate it never did (0 of 3 seeds reached it)"
+    ) in notes
+
+
+def test_lora_note_cites_the_gap_at_tuned_rates(evidence_file):
+    data = json.loads(json.dumps(SAMPLE))
+    data["lora"].update(
+        tuned_loss_gap_pct=11.2,
+        tuned_best={"variant": "loraplus", "learning_rate": 0.0005, "lora_learning_rate": 0.004},
+        verdict="partly",
+    )
+    text = evidence.measured_evidence("lora", data)
+    assert (
+        "+1.6% against the best variant's (QLoRA + DoRA) at the same settings and +11.2% "
+        "against LoRA+ at 0.0005 with LoRA at its best rate (0.004); partly at this scale"
+    ) in text

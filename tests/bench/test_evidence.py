@@ -1,10 +1,11 @@
-"""The evidence benchmark runs end to end and writes its files in the shape the advisor and
-BENCHMARKS.md read. Its numbers are not checked here: they are the benchmark's to report.
+"""The evidence benchmark's quick mode runs end to end and writes its files in the shape the
+advisor and BENCHMARKS.md read. Its numbers are not checked here: they are the benchmark's to
+report.
 
-The run is `--smoke`: a toy base (pretrained for a few steps, in a temporary cache) and four
-optimizer steps per fine-tuning run, through the same code as the full benchmark: base build,
-task files, every variant through `run_training` with periodic evaluation, the learning-rate
-sweep, one memory probe per variant in a fresh process, analysis, plots, report.
+The run is the real `python -m bench evidence --quick`, with the benchmark's cache pointed at
+an empty directory, so it also builds its base model: base build, task files, every variant
+through `run_training` with periodic evaluation, the learning-rate sweep and its finalists on
+every seed, one memory probe per variant in a fresh process, analysis, plots, report.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from advisor import evidence
-from bench.evidence import VARIANTS
+from bench.evidence import MODES, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = (ROOT / "BENCHMARKS.md", ROOT / "advisor" / "data" / "evidence.json")
 PNG = b"\x89PNG\r\n\x1a\n"
+# Below pytest's own limit (pyproject.toml: timeout = 600), so that a slow run fails here,
+# with the benchmark's output, rather than being killed without it.
+RUN_TIMEOUT_S = 480
 
 pytestmark = pytest.mark.slow
 
@@ -32,43 +37,65 @@ def _snapshot() -> list[bytes | None]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("evidence")
     cache = tmp_path_factory.mktemp("cache")
     before = _snapshot()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "evidence", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench", "evidence", "--quick", "--out", str(out)],
         cwd=ROOT,
         env={**os.environ, "LORACLE_BENCH_CACHE": str(cache)},
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=RUN_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"out": out, "cache": cache, "stdout": proc.stdout, "before": before}
+    results = json.loads((out / "evidence-quick.json").read_text())
+    return {"out": out, "cache": cache, "stdout": proc.stdout, "before": before, "results": results}
 
 
-def test_writes_results_plots_and_previews(smoke):
-    out = smoke["out"]
-    assert (out / "evidence-smoke.json").is_file()
+def test_writes_results_plots_and_previews(quick):
+    out = quick["out"]
     for name in ("eval-loss.png", "memory.png"):
-        assert (out / "evidence-smoke" / name).read_bytes()[:8] == PNG
-    markdown = (out / "BENCHMARKS.md").read_text()
+        assert (out / "evidence-quick" / name).read_bytes()[:8] == PNG
+    markdown = (out / "evidence-quick" / "BENCHMARKS.md").read_text()
     assert "| claim (design document) | loracle measured | verdict |" in markdown
-    assert "python -m bench evidence --smoke" in markdown
-    assert "![held-out loss against step](evidence-smoke/eval-loss.png)" in markdown
+    assert "python -m bench evidence --quick" in markdown
+    assert "![held-out loss against step](eval-loss.png)" in markdown
 
 
-def test_smoke_never_publishes(smoke):
-    assert _snapshot() == smoke["before"]
+def test_quick_never_publishes(quick):
+    assert _snapshot() == quick["before"]
 
 
-def test_results_file_shape(smoke):
-    results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
+def test_quick_runs_the_quick_mode_and_builds_its_base(quick):
+    results = quick["results"]
+    assert results["mode"] == "quick"
+    assert results["setup"]["mode"]["base"] == asdict(MODES["quick"].base)
+    assert results["base"]["cached"] is False  # the cache was empty: the base was built
+    assert (quick["cache"] / results["base"]["key"] / "bench-base.json").is_file()
+
+
+def test_records_its_own_wall_time(quick):
+    results = quick["results"]
+    timing = results["timing"]
+    assert timing["base_cached"] is False
+    assert 0 < timing["base_seconds"] < timing["total_seconds"]
+    assert timing["finetune_seconds"] > 0 and timing["probe_seconds"] > 0
+    # The quick ledger records this cold run, and the preview quotes it from there.
+    cold = results["quick_timings"]["cold"]
+    assert cold["total_seconds"] == timing["total_seconds"]
+    assert "warm" not in results["quick_timings"]
+    markdown = (quick["out"] / "evidence-quick" / "BENCHMARKS.md").read_text()
+    assert f"This run took {timing['total_seconds'] / 60:.1f} minutes of wall time" in markdown
+    assert f"it took {cold['total_seconds'] / 60:.1f} minutes building its base" in markdown
+
+
+def test_results_file_shape(quick):
+    results = quick["results"]
     assert {"machine", "mode", "setup", "base", "claims", "verdicts", "memory", "runs"} <= set(
         results
     )
-    assert results["mode"] == "smoke"
     assert results["base"]["key"] and results["base"]["weights_sha256"]
     claims = results["claims"]
     assert set(claims) == {"loraplus", "dora", "qlora", "qlora+loraplus", "qlora+dora", "lora"}
@@ -85,6 +112,12 @@ def test_results_file_shape(smoke):
         v["verdict"] in ("reproduces", "partly", "does not reproduce")
         for v in results["verdicts"].values()
     )
+    assert set(results["verdicts"]["dora"]["checks"]) == {"quality", "parameters"}
+    assert set(results["verdicts"]["qlora"]["checks"]) == {
+        "memory_7b",
+        "memory_small",
+        "quality",
+    }
     assert set(results["memory"]) == set(VARIANTS)
     for figures in results["memory"].values():
         assert figures["peak_memory"]["device"] == "cpu"
@@ -94,6 +127,8 @@ def test_results_file_shape(smoke):
         results["memory"]["qlora"]["model_bytes"]["adapted_linears"]
         < results["memory"]["lora"]["model_bytes"]["adapted_linears"]
     )
+    small = claims["qlora"]["measured_small"]
+    assert small["peak_ratio"] > 0 and 0 < small["adapted_linears_ratio_16bit"] < 1
 
 
 def _shape(value, depth: int):
@@ -117,22 +152,21 @@ def _missing(expected, actual, where="results") -> list[str]:
     return gaps
 
 
-def test_smoke_writes_every_field_the_published_full_run_wrote(smoke):
-    # The smoke mode is the quick and full modes' pipeline with a toy base and fewer steps:
-    # its results file must hold everything the published run's does (keys, three levels
-    # deep; the seed-indexed tables below that vary with the mode's seeds and sweep).
+def test_quick_writes_every_field_the_published_full_run_wrote(quick):
+    # The quick mode is the full mode's pipeline, smaller: its results file must hold
+    # everything the published run's does (keys, three levels deep; the seed- and
+    # rate-indexed tables below that vary with the mode's seeds and sweep).
     published = json.loads((ROOT / "bench" / "results" / "evidence.json").read_text())
-    results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
     published_shape = _shape(published, 3)
-    for table in ("runs", "sweep_table", "best_learning_rate", "per_variant"):
-        published_shape[table] = None  # keyed by the mode's seeds and learning rates
-    # The smoke mode skips the minute-long 7B trace (Mode.trace_7b); the analytic one stays.
-    published_shape["estimate_7b"].pop("traced_seq_len_2048")
-    assert _missing(published_shape, _shape(results, 3)) == []
+    for table in ("runs", "sweep_table", "best_learning_rate", "per_variant", "quick_timings"):
+        published_shape[table] = None  # keyed by the mode's seeds, rates and recorded runs
+    # The quick mode skips the minute-long 7B trace (Mode.trace_7b); the analytic one stays.
+    published_shape["estimate_7b"].pop("traced_seq_len_2048", None)
+    assert _missing(published_shape, _shape(quick["results"], 3)) == []
 
 
-def test_every_run_is_evaluated_from_step_zero_to_the_end(smoke):
-    results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
+def test_every_run_is_evaluated_from_step_zero_to_the_end(quick):
+    results = quick["results"]
     runs = results["runs"]
     steps = results["setup"]["steps"]
     grid = {(r["key"], r["seed"]) for r in runs if r["group"] == "grid"}
@@ -153,23 +187,61 @@ def test_every_run_is_evaluated_from_step_zero_to_the_end(smoke):
         assert run["worker_eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=0.05)
 
 
-def test_the_advisor_reads_the_evidence_it_writes(smoke):
-    data = evidence.load(str(smoke["out"] / "advisor-evidence.json"))
+def test_best_rates_are_picked_on_every_seed(quick):
+    results = quick["results"]
+    seeds = results["setup"]["seeds"]
+    for key in ("lora", "loraplus"):
+        pick = results["learning_rate_pick"][key]
+        assert pick["picked_on"] == f"mean of {len(seeds)} seeds"
+        assert pick["learning_rate"] == results["best_learning_rate"][key]
+        # Every rate the pick chose among ran on every seed.
+        for rate in pick["mean_eval_loss"]:
+            ran = {
+                r["seed"]
+                for r in results["runs"]
+                if r["key"] == key and f"{r['learning_rate']:g}" == rate
+            }
+            assert ran == set(seeds)
+        assert len(pick["mean_eval_loss"]) == 1 + results["setup"]["finalists"]
+        if pick["edge"]:
+            assert f"{key}'s best learning rate" in quick["stdout"]
+
+
+def test_the_advisor_reads_the_evidence_it_writes(quick):
+    data = evidence.load(str(quick["out"] / "evidence-quick" / "advisor-evidence.json"))
     assert data is not None and data["schema"] == evidence.SCHEMA
     notes = evidence.measured_notes("qlora", ("dora",), data)
     assert any(note.startswith("loracle measured") and "DoRA" in note for note in notes)
     assert "QLoRA + DoRA" in " ".join(notes)
     assert evidence.measured_evidence("dora", data).startswith("; loracle measured: DoRA")
+    qlora = evidence.measured_evidence("qlora", data)
+    assert "in 16 bits" in qlora and "peak memory was" in qlora
 
 
-def test_base_model_is_rebuilt_identically(smoke, tmp_path, monkeypatch):
-    from bench.evidence import MODES
-    from bench.evidence.base import build_base
+def test_base_model_is_rebuilt_identically(tmp_path, monkeypatch):
+    from bench.evidence.base import BaseSpec, build_base
 
-    results = json.loads((smoke["out"] / "evidence-smoke.json").read_text())
-    monkeypatch.setenv("LORACLE_BENCH_CACHE", str(tmp_path))
-    path, record = build_base(MODES["smoke"].base, log=lambda _: None)
-    assert record["cached"] is False and path.parent == tmp_path
-    assert record["weights_sha256"] == results["base"]["weights_sha256"]
-    again, cached = build_base(MODES["smoke"].base, log=lambda _: None)
+    # A toy spec (seconds to build): the check is that the same spec and seed give the same
+    # weights in a fresh cache, and that a second call finds them cached.
+    spec = BaseSpec(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        seq_len=64,
+        batch_size=8,
+        steps=8,
+        warmup_steps=1,
+        corpus_files=25,
+    )
+    records = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("LORACLE_BENCH_CACHE", str(tmp_path / name))
+        path, record = build_base(spec, log=lambda _: None)
+        assert record["cached"] is False and path.parent == tmp_path / name
+        records.append(record)
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    again, cached = build_base(spec, log=lambda _: None)
     assert cached["cached"] is True and again == path
