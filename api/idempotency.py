@@ -81,3 +81,17 @@ def claim(
     except IntegrityError:
         s.rollback()
         raise
+
+
+def replay_or_claim(
+    s: Session, owner: str | None, scope: str, key: str, digest: str, resource_id: str
+) -> str | None:
+    """The id an earlier request with this key created (answer that one), or None once the
+    key is claimed for `resource_id`, which this transaction is creating."""
+    existing = replay(s, owner, scope, key, digest)
+    if existing is None:
+        try:
+            claim(s, owner, scope, key, digest, resource_id)
+        except IntegrityError:  # a concurrent request with this key won
+            existing = replay(s, owner, scope, key, digest)
+    return existing

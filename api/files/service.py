@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -121,12 +120,7 @@ def _check_and_store(
     filename = check_plain_name(upload_name or "upload.jsonl", "file.filename")
     if idempotency_key:
         digest = idempotency.body_hash({"sha256": sha256, "purpose": purpose, "filename": filename})
-        existing = idempotency.replay(s, owner, "files", idempotency_key, digest)
-        if existing is None:
-            try:
-                idempotency.claim(s, owner, "files", idempotency_key, digest, file_id)
-            except IntegrityError:  # a concurrent upload with this key won
-                existing = idempotency.replay(s, owner, "files", idempotency_key, digest)
+        existing = idempotency.replay_or_claim(s, owner, "files", idempotency_key, digest, file_id)
         if existing is not None:
             row = store.get_file(s, existing, owner)
             assert row is not None

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import idempotency
@@ -56,12 +55,7 @@ def create_job(
     digest = idempotency.body_hash(body.model_dump(mode="json")) if key else ""
     job_id = store.new_id("job")
     if key:
-        existing = idempotency.replay(s, owner, "jobs", key, digest)
-        if existing is None:
-            try:
-                idempotency.claim(s, owner, "jobs", key, digest, job_id)
-            except IntegrityError:  # a concurrent request with this key won
-                existing = idempotency.replay(s, owner, "jobs", key, digest)
+        existing = idempotency.replay_or_claim(s, owner, "jobs", key, digest, job_id)
         if existing is not None:
             return JSONResponse(service.job_out(_job(s, existing, owner)), status_code=200)
     row = service.create_job(s, settings, body, owner, job_id)

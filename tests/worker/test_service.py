@@ -64,6 +64,14 @@ def events(settings: Settings, job_id: str) -> list[tuple[str, dict[str, Any]]]:
         return [(e.type, e.data) for e in rows]
 
 
+def cancel_in_store(settings: Settings, job_id: str) -> None:
+    """What POST /v1/jobs/{id}/cancel does to a running job."""
+    with session(settings.resolved_database_url) as s:
+        job = store.get_job(s, job_id, any_owner=True)
+        assert job is not None
+        assert store.request_cancel(s, job) == store.RUNNING
+
+
 def report(hooks: StoreHooks, step: int) -> None:
     hooks.on_progress(step, 10, 2.0 / step, 1e-3, 100.0 * step, 10.0 - step)
 
@@ -131,10 +139,7 @@ def test_a_cancel_in_the_store_is_seen_at_the_next_check(settings):
     hooks = StoreHooks(settings, job_id, token, flush_s=NEVER, cancel_poll_s=0)
     try:
         assert not hooks.should_stop()
-        with session(settings.resolved_database_url) as s:
-            job = store.get_job(s, job_id, any_owner=True)
-            assert job is not None
-            assert store.request_cancel(s, job) == store.RUNNING
+        cancel_in_store(settings, job_id)
         assert hooks.should_stop()
     finally:
         hooks.close()
@@ -146,10 +151,7 @@ def test_the_end_of_an_optimizer_step_always_asks_the_store(settings):
     hooks = StoreHooks(settings, job_id, token, flush_s=NEVER, cancel_poll_s=NEVER)
     try:
         assert not hooks.should_stop()
-        with session(settings.resolved_database_url) as s:
-            job = store.get_job(s, job_id, any_owner=True)
-            assert job is not None
-            assert store.request_cancel(s, job) == store.RUNNING
+        cancel_in_store(settings, job_id)
         assert not hooks.should_stop()  # within the micro-batch throttle
         assert hooks.should_stop(step_end=True)
     finally:
