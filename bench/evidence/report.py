@@ -598,11 +598,17 @@ def small_memory_sentence(results: dict[str, Any]) -> str:
             + (
                 ": the rest is activations, the logits, the adapters' optimizer state and "
                 "memory the allocator holds on to, which the resident set counts too, so "
-                "shrinking the weights barely moves it; and the embeddings and output head, "
-                "which QLoRA leaves unquantized, are a large share of a small model's weights."
+                "shrinking the weights barely moves it."
                 if share < 0.25
                 else "."
             )
+        )
+    lora_bytes = (results["memory"].get("lora") or {}).get("model_bytes") or {}
+    if lora_bytes.get("weights") and lora_bytes.get("adapted_linears") is not None:
+        kept = 1 - lora_bytes["adapted_linears"] / lora_bytes["weights"]
+        text += (
+            f" The layers QLoRA leaves unquantized (embeddings, output head, norms) are "
+            f"{100 * kept:.0f}% of the frozen weights."
         )
     return text
 
