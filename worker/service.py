@@ -7,6 +7,7 @@ record what happened. Safe to call twice for the same job: a job that is not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
 from loracle.settings import Settings
 from loracle.store import jobs as store
-from loracle.store.db import session
+from loracle.store.db import engine_for, session
 from loracle.store.models import now
 from worker.errors import LeaseLost
 from worker.training import TrainingHooks
@@ -78,6 +80,8 @@ class StoreHooks(TrainingHooks):
         self.flush_s = flush_s
         self.cancel_poll_s = cancel_poll_s
         self._checked = float("-inf")
+        self._conn: Connection | None = None
+        self._state = store.run_state_query()
         self._stop = False
         self.lost = threading.Event()
         self._done = threading.Event()
@@ -146,6 +150,7 @@ class StoreHooks(TrainingHooks):
 
     def close(self) -> None:
         """Stop the background thread and commit what is still queued."""
+        self._discard_connection()
         self._done.set()
         self._thread.join(timeout=30)
         try:
@@ -203,26 +208,46 @@ class StoreHooks(TrainingHooks):
             self.flush()  # the fault must come after the step is recorded
             fault_after_progress(step)
 
-    def _check(self) -> None:
+    def _check(self) -> bool:
+        """Read the job's cancel flag and lease; False when the store could not be read.
+
+        On the training thread, once per optimizer step: over a connection the hooks keep
+        open, with a statement compiled once (about 0.06 ms on SQLite; a session of its own
+        each time cost 0.8 ms in a training process on 2 cores, 3.5% of the benchmark
+        model's 23 ms steps)."""
         self._checked = time.monotonic()
-        with session(self.url) as s:
-            cancel, owned = store.run_state(s, self.job_id, self.token)
+        try:
+            if self._conn is None:
+                self._conn = engine_for(self.url).connect()
+            row = self._conn.execute(self._state, {"job_id": self.job_id}).one_or_none()
+            self._conn.commit()  # ends the read: the next one sees newer writes
+        except Exception:
+            log.exception("job %s: cancel/lease check failed; trying again", self.job_id)
+            self._discard_connection()
+            return False
+        cancel, owned = store.unpack_run_state(row, self.token)
         self._stop = self._stop or cancel
         if not owned:
             log.warning("job %s: lease lost; stopping without writing", self.job_id)
             self.lost.set()
+        return True
+
+    def _discard_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken; nothing more to release
+                conn.close()
 
     def should_stop(self, step_end: bool = False) -> bool:
         if self._stop or self.lost.is_set():
             return True
         if step_end or time.monotonic() - self._checked >= self.cancel_poll_s:
-            self._check()
+            self._check()  # an unreadable store stops nothing: the next step asks again
         return self._stop or self.lost.is_set()
 
     def owns_run(self) -> bool:
-        if not self.lost.is_set():
-            self._check()
-        return not self.lost.is_set()
+        # Fails safe: a store that cannot confirm the lease gets nothing written.
+        return not self.lost.is_set() and self._check() and not self.lost.is_set()
 
 
 def fault_before_lease(settings: Settings, job_id: str) -> None:

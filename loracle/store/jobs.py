@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from loracle.store.models import EventRow, FileRow, JobRow, now
@@ -340,14 +340,16 @@ def cancel_requested(s: Session, job_id: str) -> bool:
     return stamp is not None
 
 
-def run_state(s: Session, job_id: str, token: int) -> tuple[bool, bool]:
-    """(cancel requested, lease still held with ``token``) in one primary-key read: what a
-    training loop asks at each optimizer step."""
-    row = s.execute(
-        select(JobRow.cancel_requested_at, JobRow.status, JobRow.fencing_token).where(
-            JobRow.id == job_id
-        )
-    ).one_or_none()
+def run_state_query() -> Any:
+    """The primary-key read a training loop makes at each optimizer step (bind ``job_id``);
+    `unpack_run_state` reads its row."""
+    return select(JobRow.cancel_requested_at, JobRow.status, JobRow.fencing_token).where(
+        JobRow.id == bindparam("job_id")
+    )
+
+
+def unpack_run_state(row: Any, token: int) -> tuple[bool, bool]:
+    """(cancel requested, lease still held with ``token``) from a `run_state_query` row."""
     if row is None:
         return False, False
     cancel_at, status, fencing_token = row
