@@ -53,8 +53,12 @@ def accepted_keys(settings: Settings) -> list[tuple[str, str]]:
         if not entry:
             continue
         name, _, hashed = entry.rpartition(":")
-        hashed = hashed.strip().lower()
-        keys.append((hashed, name.strip() or hashed))
+        hashed, name = hashed.strip().lower(), name.strip()
+        # An owner named by a digest (a rotated key: old-digest:new-digest) is that digest's
+        # owner whatever its case, as a plain entry's digest is.
+        if HEX_DIGEST.match(name.lower()):
+            name = name.lower()
+        keys.append((hashed, name or hashed))
     return keys
 
 

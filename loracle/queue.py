@@ -99,10 +99,12 @@ def make_celery(settings: Settings) -> Celery:
         },
         worker_hijack_root_logger=False,
         # Each job in a fresh pool process (forked from the worker, which has torch
-        # imported already, so it costs milliseconds): a job starts with no CUDA memory,
-        # allocator cache or fragmentation left by the one before, and its measured peak
-        # (on the CPU, the growth of the resident set) is not understated by memory an
-        # earlier job freed but the process kept.
+        # imported already): a job starts with no CUDA memory, allocator cache or
+        # fragmentation left by the one before, and its measured peak (on the CPU, the
+        # growth of the resident set) is not understated by memory an earlier job freed
+        # but the process kept. The cost is start-up latency on an idle worker: the
+        # replacement process must be up first (submit to running p50 0.96 s against
+        # 0.39 s, docs/performance.md), nothing beside a fine-tuning job's minutes.
         # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-max-tasks-per-child
         worker_max_tasks_per_child=1,
         # A worker whose pool process dies (SIGKILL, OOM) acknowledges the message

@@ -105,10 +105,17 @@ def test_a_broker_url_is_redis(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("index", "visible", "card"),
-    [(0, None, "0"), (1, None, "1"), (1, "3,5", "5"), (0, " 2 , 7", "2"), (2, "3,5", None)],
+    [(1, "3,5", "5"), (0, " 2 , 7", "2"), (2, "3,5", None), (0, "", None)],
 )
-def test_each_pool_process_gets_a_card_of_its_own(tasks, index, visible, card) -> None:
-    assert tasks.gpu_for_process(index, visible) == card
+def test_each_pool_process_gets_a_card_of_its_own(tasks, monkeypatch, index, visible, card) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert tasks.gpu_for_process(index, tasks.visible_cards()) == card
+
+
+def test_a_worker_with_more_processes_than_cards_refuses_to_start(tasks, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    with pytest.raises(SystemExit, match="--concurrency 2 needs 2 cards, and 1 are visible"):
+        tasks.main(concurrency=2)
 
 
 def _pinned(queue) -> None:

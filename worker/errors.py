@@ -29,6 +29,11 @@ class LeaseLost(WorkerError):
     process took the job over): it must stop without publishing anything."""
 
 
+class StoreUnavailable(WorkerError):
+    """The job store could not be read to confirm this process still owns its run, so
+    nothing more is written."""
+
+
 class ModelSourceError(WorkerError):
     """A model source was refused: outside the allowed roots, asks for remote code, no weights."""
 

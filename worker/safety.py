@@ -122,7 +122,7 @@ def referenced_globals(data: bytes) -> list[str]:
 def check_file(path: Path) -> None:
     try:
         names = referenced_globals(path.read_bytes())
-    except (ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a damaged archive raises zlib, EOF or format errors alike
         raise CheckpointRefused(f"{path} is not a readable pickle ({exc}); refused") from None
     bad = sorted(set(names) - allowed_globals())
     if bad:

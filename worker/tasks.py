@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,13 +20,24 @@ log = logging.getLogger("loracle.worker")
 app = make_celery(get_settings())
 
 
-def gpu_for_process(index: int, visible: str | None) -> str | None:
-    """The CUDA_VISIBLE_DEVICES of pool process `index`: one card each, the index-th of the
-    cards the worker may use (all of them when `visible` is unset). None when there are
-    more processes than listed cards: the process then sees what the worker sees."""
-    if visible is None:
-        return str(index)
-    cards = [card.strip() for card in visible.split(",") if card.strip()]
+def visible_cards() -> list[str]:
+    """The cards this worker may use: CUDA_VISIBLE_DEVICES when set, else every card
+    `nvidia-smi -L` lists (asked without initialising CUDA, which would fix the visible
+    set for this process), else none (a CPU worker)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [card.strip() for card in listed.split(",") if card.strip()]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+
+
+def gpu_for_process(index: int, cards: list[str]) -> str | None:
+    """The one card pool process `index` trains on, or None when there is none for it."""
     return cards[index] if index < len(cards) else None
 
 
@@ -38,15 +50,15 @@ def _pin_one_gpu(**_: Any) -> None:
     from billiard.process import current_process
 
     index = getattr(current_process(), "index", None)
-    if index is None:
+    cards = visible_cards()
+    if index is None or not cards:
         return
-    card = gpu_for_process(int(index), os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if card is None:
+    card = gpu_for_process(int(index), cards)
+    if card is None:  # `main` refuses this; a worker started some other way gets a warning
         log.warning(
-            "pool process %s has no card of its own (CUDA_VISIBLE_DEVICES=%s); run at most "
-            "one process per card",
+            "pool process %s has no card of its own (cards: %s); run one process per card",
             index,
-            os.environ.get("CUDA_VISIBLE_DEVICES"),
+            ",".join(cards),
         )
         return
     os.environ["CUDA_VISIBLE_DEVICES"] = card
@@ -89,6 +101,13 @@ def on_fresh_stack(fn: Callable[..., T], *args: Any) -> T:
 
 def main(concurrency: int = 1, loglevel: str = "info") -> None:
     """Start a worker on the configured broker (``loracle worker``)."""
+    cards = visible_cards()
+    if cards and concurrency > len(cards):
+        # The extra processes would find no card and train on the CPU without a word.
+        raise SystemExit(
+            f"--concurrency {concurrency} needs {concurrency} cards, and {len(cards)} are "
+            f"visible ({','.join(cards)}); run at most one job per card"
+        )
     # Import the training stack once in the parent: forked pool processes inherit
     # it instead of paying torch + transformers' import on every job. CUDA is not
     # touched here (a forked child cannot use a CUDA context made by its parent).

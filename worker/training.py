@@ -103,9 +103,10 @@ class TrainingHooks:
         return False
 
     def owns_run(self) -> bool:
-        """Asked right before a checkpoint is sealed and before the adapter is published:
-        False when another process has taken this run over (a lost lease), and this one
-        must write nothing more. Raise nothing; the run raises `LeaseLost`."""
+        """Asked right before a checkpoint is written, before it is sealed and before the
+        adapter is published: False when another process has taken this run over (a lost
+        lease), and this one must write nothing more (the run raises `LeaseLost`). May raise
+        when ownership cannot be established at all; the run then stops with that error."""
         return True
 
 

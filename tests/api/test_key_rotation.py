@@ -72,3 +72,13 @@ def test_a_named_owner_is_shared_by_its_keys_and_by_no_one_else(tmp_path):
 def test_malformed_entries_are_refused_at_start(tmp_path, hashes, says):
     problem = configuration_problem(settings_for(tmp_path, api_key_hashes=hashes))
     assert problem is not None and says in problem
+
+
+def test_an_owner_named_by_a_digest_is_that_digests_owner_whatever_its_case(tmp_path):
+    rows = write_jsonl(tmp_path / "rows.jsonl", "text", n_rows=3)
+    data = tmp_path / "data"
+    with client_for(settings_for(data, api_key_hashes=digest(KEY_A).upper()), KEY_A) as a:
+        file_id = _upload(a, rows)
+    rotated = f"{digest(KEY_A).upper()}:{digest(KEY_NEW)}"
+    with client_for(settings_for(data, api_key_hashes=rotated), KEY_NEW) as new:
+        assert new.get(f"/v1/files/{file_id}").status_code == 200

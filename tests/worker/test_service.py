@@ -16,7 +16,7 @@ from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow
 from tests.utils.builders import add_placeholder_file, plan_dict
-from worker.errors import LeaseLost
+from worker.errors import LeaseLost, StoreUnavailable
 from worker.plan import load_plan
 from worker.service import StoreHooks
 from worker.training import run_training
@@ -244,3 +244,36 @@ def test_a_run_that_lost_its_lease_writes_no_checkpoint_and_no_adapter(
     assert not (run_dir / "checkpoints" / "checkpoint-2").exists()
     assert not (run_dir / "adapter").exists()
     assert hooks.lost.is_set()
+
+
+def test_an_ownership_read_that_fails_is_retried_on_a_fresh_connection(settings):
+    from loracle.store.db import engine_for
+
+    job_id, token = running_job(settings)
+    hooks = StoreHooks(settings, job_id, token, flush_s=NEVER)
+    try:
+        # A connection that died while idle (a long checkpoint save, a restarted store).
+        hooks._conn = engine_for(hooks.url).connect()
+        hooks._conn.close()
+        assert hooks.owns_run()
+    finally:
+        hooks.close()
+
+
+def test_a_store_that_stays_unreadable_writes_nothing_and_says_why(settings, monkeypatch):
+    import worker.service
+
+    job_id, token = running_job(settings)
+    hooks = StoreHooks(settings, job_id, token, flush_s=NEVER)
+    monkeypatch.setattr(worker.service, "OWNERSHIP_READS", (0.0, 0.01))
+    try:
+        blocker = settings.data_dir / "a-file-not-a-directory"
+        blocker.write_text("")
+        hooks.url = f"sqlite:///{blocker}/store.db"
+        hooks._discard_connection()
+        with pytest.raises(StoreUnavailable, match="could not be read"):
+            hooks.owns_run()
+        assert not hooks.lost.is_set()  # not a lost lease: nobody else owns the run
+    finally:
+        hooks.url = settings.resolved_database_url
+        hooks.close()

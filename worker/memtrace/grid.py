@@ -216,7 +216,9 @@ def run(
                 flush=True,
             )
     seconds = round(time.perf_counter() - started, 1)
-    ordered = [row_id(c) for c in configurations()]
+    # The grid's order for its own models, then any other model asked for (--models) in the
+    # order traced: a row is never traced and then left out of the file.
+    ordered = list(dict.fromkeys([row_id(c) for c in configurations()] + [*kept, *results]))
     merged = {**kept, **merge(kept, results)}
     document = {
         "about": "Traced peak allocated bytes (CUDA target, meta device) of the calibration grid; "
