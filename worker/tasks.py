@@ -20,13 +20,17 @@ log = logging.getLogger("loracle.worker")
 app = make_celery(get_settings())
 
 
+def _listed(value: str) -> list[str]:
+    return [card.strip() for card in value.split(",") if card.strip()]
+
+
 def visible_cards() -> list[str]:
     """The cards this worker may use: CUDA_VISIBLE_DEVICES when set, else every card
     `nvidia-smi -L` lists (asked without initialising CUDA, which would fix the visible
-    set for this process), else none (a CPU worker)."""
+    set for this process), else none (a CPU worker). Asked once, by `main`."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [card.strip() for card in listed.split(",") if card.strip()]
+        return _listed(listed)
     try:
         out = subprocess.run(
             ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
@@ -46,11 +50,14 @@ def _pin_one_gpu(**_: Any) -> None:
     """`loracle worker --concurrency N` runs N jobs at once, one per card: the model is
     placed on device 0 of what a process sees, so each pool process must see one card of
     its own. billiard gives a replacement process the index of the one it replaces. CUDA
-    reads the variable when it first initialises, which happens in the job, after this."""
+    reads the variable when it first initialises, which happens in the job, after this.
+
+    Runs in every new pool process, that is before every job (one job per process): it
+    reads the card list `main` put in CUDA_VISIBLE_DEVICES and asks nothing of the GPU."""
     from billiard.process import current_process
 
     index = getattr(current_process(), "index", None)
-    cards = visible_cards()
+    cards = _listed(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     if index is None or not cards:
         return
     card = gpu_for_process(int(index), cards)
@@ -108,6 +115,10 @@ def main(concurrency: int = 1, loglevel: str = "info") -> None:
             f"--concurrency {concurrency} needs {concurrency} cards, and {len(cards)} are "
             f"visible ({','.join(cards)}); run at most one job per card"
         )
+    if cards:
+        # Pool processes inherit the list and each takes its card from it (_pin_one_gpu).
+        # The parent never initialises CUDA, so setting it here changes nothing for itself.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(cards)
     # Import the training stack once in the parent: forked pool processes inherit
     # it instead of paying torch + transformers' import on every job. CUDA is not
     # touched here (a forked child cannot use a CUDA context made by its parent).

@@ -335,11 +335,6 @@ def request_cancel(s: Session, job: JobRow) -> str:
     return job.status
 
 
-def cancel_requested(s: Session, job_id: str) -> bool:
-    stamp: datetime | None = s.scalar(select(JobRow.cancel_requested_at).where(JobRow.id == job_id))
-    return stamp is not None
-
-
 def run_state_query() -> Any:
     """The primary-key read a training loop makes at each optimizer step (bind ``job_id``);
     `unpack_run_state` reads its row."""

@@ -64,6 +64,12 @@ def events(settings: Settings, job_id: str) -> list[tuple[str, dict[str, Any]]]:
         return [(e.type, e.data) for e in rows]
 
 
+def take_over(url: str, job_id: str, token: int) -> None:
+    """What another worker's acquire does once this one's lease has expired: a new token."""
+    with session(url) as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(fencing_token=token + 1))
+
+
 def cancel_in_store(settings: Settings, job_id: str) -> None:
     """What POST /v1/jobs/{id}/cancel does to a running job."""
     with session(settings.resolved_database_url) as s:
@@ -121,8 +127,7 @@ def test_nothing_is_written_once_the_lease_is_lost(settings):
         hooks.on_event("checkpoint", {"step": 1})
         before = events(settings, job_id)
         # Another process took the job over (its lease expired here): a new token.
-        with session(settings.resolved_database_url) as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(fencing_token=token + 1))
+        take_over(settings.resolved_database_url, job_id, token)
         report(hooks, 2)
         hooks.on_event("checkpoint", {"step": 2})
         assert hooks.lost.is_set()
@@ -164,8 +169,7 @@ def test_a_step_end_notices_a_lost_lease(settings):
     try:
         assert not hooks.should_stop(step_end=True)
         assert hooks.owns_run()
-        with session(settings.resolved_database_url) as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(fencing_token=token + 1))
+        take_over(settings.resolved_database_url, job_id, token)
         assert hooks.should_stop(step_end=True)
         assert hooks.lost.is_set() and not hooks.owns_run()
     finally:
@@ -217,12 +221,7 @@ class TakenOverAt(StoreHooks):
     def on_progress(self, step: int, *args: Any) -> None:
         super().on_progress(step, *args)
         if step == self.at:
-            with session(self.url) as s:
-                s.execute(
-                    update(JobRow)
-                    .where(JobRow.id == self.job_id)
-                    .values(fencing_token=self.token + 1)
-                )
+            take_over(self.url, self.job_id, self.token)
 
 
 def test_a_run_that_lost_its_lease_writes_no_checkpoint_and_no_adapter(
