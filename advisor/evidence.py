@@ -21,29 +21,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from advisor.answers import Note
+from advisor.variants import BASE_VARIANT, IDEA_NAMES, VARIANTS, title_of
+
 SCHEMA = 1
 EVIDENCE_FILE = "data/evidence.json"
-TITLES = {
-    "lora": "LoRA",
-    "qlora": "QLoRA",
-    "dora": "DoRA",
-    "loraplus": "LoRA+",
-    "qlora+loraplus": "QLoRA + LoRA+",
-    "qlora+dora": "QLoRA + DoRA",
-}
-# The design document's claims, each with the paper it rests on.
-PUBLISHED = {
-    "qlora": "published: a 7B model in about 6 GB instead of about 16 GB, quality almost "
-    "untouched (design document; QLoRA, arXiv:2305.14314)",
-    "dora": "published: a few percent better than LoRA with under 5% more parameters "
-    "(design document; DoRA, arXiv:2402.09353)",
-    "loraplus": "published: the target quality about 1.5-2x sooner "
-    "(design document; LoRA+, arXiv:2402.12354)",
-    "lora": "published: standard LoRA works well for most jobs "
-    "(design document; LoRA, arXiv:2106.09685)",
-    "qlora+loraplus": "published: the variants combine (design document)",
-    "qlora+dora": "published: the variants combine (design document)",
-}
+
+
+def published(key: str) -> str:
+    """The design document's claim for a variant or a combination ('qlora+dora'), from the
+    registry; KeyError for an unknown key."""
+    names = key.split("+")
+    if len(names) > 1 and all(n in VARIANTS for n in names):
+        return "published: the variants combine (design document)"
+    return VARIANTS[key].published
 
 
 @cache
@@ -83,7 +74,14 @@ def _source(data: dict[str, Any]) -> str:
 
 
 def _figures(data: dict[str, Any], key: str) -> str:
-    """The measured figures of one variant or combination, as one clause."""
+    """The measured figures of one variant or combination, as one clause (the evidence of the
+    question that decided it)."""
+    return "; ".join(_facts(data, key))
+
+
+def _facts(data: dict[str, Any], key: str) -> list[str]:
+    """The measured figures of one variant or combination, one phrase per fact (each note is
+    one; the evidence joins them); raises on a missing figure."""
     f = data[key]
     if key == "loraplus":
         rates = f.get("best_learning_rates") or {}
@@ -98,14 +96,14 @@ def _figures(data: dict[str, Any], key: str) -> str:
                 f"at LoRA's learning rate it never did ({f.get('reached_same_lr', 'no')} seeds "
                 "reached it): give LoRA+ a lower rate than LoRA's"
             )
-        return f"LoRA+ reached LoRA's final held-out loss {best}; {same_text}"
+        return [f"LoRA+ reached LoRA's final held-out loss {best}; {same_text}"]
     if key == "dora":
-        return (
+        return [
             f"DoRA's held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact "
             f"match {_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's, with "
             f"{f['extra_parameters_pct']:+.1f}% parameters and steps taking "
             f"{_pm(f['step_time_pct'], '{:+.0f}', '%')} more CPU time"
-        )
+        ]
     if key == "qlora":
         est = f["estimate_7b_gb"]
         tool = (
@@ -115,9 +113,6 @@ def _figures(data: dict[str, Any], key: str) -> str:
         )
         # Step time is optional: files written before it was measured still cite the rest.
         step = f.get("step_time_pct")
-        step_text = (
-            f"; steps took {_pm(step, '{:+.0f}', '%')} more CPU time than LoRA's" if step else ""
-        )
         # On a GPU LoRA keeps these layers in 16 bits; files written before that ratio was
         # recorded name the fp32 of their CPU run instead.
         if f.get("adapted_linears_ratio_16bit"):
@@ -131,35 +126,39 @@ def _figures(data: dict[str, Any], key: str) -> str:
                 "the same layers in fp32 (LoRA's CPU run)"
             )
         peak = f.get("peak_ratio_small")
-        peak_text = ""
+        facts = [layers]
         if peak:
             model = data.get("setup", {}).get("model_short", "the small model")
             saving = "no saving" if peak >= 0.97 else "a saving" if peak <= 0.9 else "little saving"
-            peak_text = (
-                f"; measured on {model}, its peak memory was {peak:.2f}x LoRA's ({saving} at "
+            facts.append(
+                f"measured on {model}, its peak memory was {peak:.2f}x LoRA's ({saving} at "
                 "that size, where the weights are a small part of the peak)"
             )
-        return (
-            f"{layers}{peak_text}; held-out loss "
-            f"{_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact match "
-            f"{_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's{step_text}; "
+        facts.append(
+            f"held-out loss {_pm(f['eval_loss_diff_pct'], '{:+.1f}', '%')} and exact match "
+            f"{_pm(f['exact_match_diff_pts'], '{:+.1f}', ' pts')} against LoRA's"
+        )
+        if step:
+            facts.append(f"steps took {_pm(step, '{:+.0f}', '%')} more CPU time than LoRA's")
+        facts.append(
             f"for a 7B model {tool} gives {est['qlora']:.1f} GB against {est['lora']:.1f} GB "
             "(an estimate, not a measurement)"
         )
+        return facts
     if key == "lora":
         text = (
             f"LoRA's held-out loss was {f['loss_gap_pct']:+.1f}% against the best variant's "
-            f"({TITLES.get(f['best_variant'], f['best_variant'])}) at the same settings"
+            f"({title_of(f['best_variant'])}) at the same settings"
         )
         tuned = f.get("tuned_best")
         if tuned and f.get("tuned_loss_gap_pct") is not None:
             text += (
                 f" and {f['tuned_loss_gap_pct']:+.1f}% against "
-                f"{TITLES.get(tuned['variant'], tuned['variant'])} at "
+                f"{title_of(tuned['variant'])} at "
                 f"{tuned['learning_rate']:g} with LoRA at its best rate "
                 f"({tuned['lora_learning_rate']:g})"
             )
-        return text
+        return [text]
     if key == "qlora+loraplus":
         best = f.get("speedup_vs_qlora_best_lr")
         same = f.get("speedup_vs_qlora")
@@ -171,20 +170,23 @@ def _figures(data: dict[str, Any], key: str) -> str:
                 "reached it)"
             )
         if best:
-            return (
+            return [
                 "QLoRA + LoRA+ reached QLoRA's final held-out loss "
                 f"{_pm(best, '{:.2f}', 'x')} sooner with LoRA+'s and LoRA's best rates; "
                 f"{same_text}"
-            )
-        return f"QLoRA + LoRA+ reached QLoRA's final held-out loss {same_text}"
+            ]
+        return [f"QLoRA + LoRA+ reached QLoRA's final held-out loss {same_text}"]
     if key == "qlora+dora":
-        return (
+        return [
             f"QLoRA + DoRA's held-out loss {_pm(f['eval_loss_diff_pct_vs_qlora'], '{:+.1f}', '%')}"
             f" and exact match {_pm(f['exact_match_diff_pts_vs_qlora'], '{:+.1f}', ' pts')} "
             "against QLoRA's"
-        )
+        ]
     raise KeyError(key)
 
+
+# A verdict as a sentence says it ("partly" alone is the evidence's shorthand).
+VERDICT_WORDS = {"partly": "partly reproduces"}
 
 CHECKS = {
     "quality": "quality",
@@ -199,9 +201,14 @@ def _verdict(data: dict[str, Any], key: str) -> str:
     verdict = data[key].get("verdict")
     if not verdict:
         return ""
+    return f"; {verdict} at this scale{_verdict_parts(data, key)}"
+
+
+def _verdict_parts(data: dict[str, Any], key: str) -> str:
+    """' (<part>: <verdict>; ...)' for a claim of several parts, else ''."""
     checks = data[key].get("checks") or {}
     parts = "; ".join(f"{CHECKS.get(k, k)}: {v}" for k, v in checks.items())
-    return f"; {verdict} at this scale" + (f" ({parts})" if parts else "")
+    return f" ({parts})" if parts else ""
 
 
 def measured_evidence(variant: str | None, data: dict[str, Any] | None = None) -> str:
@@ -213,7 +220,7 @@ def measured_evidence(variant: str | None, data: dict[str, Any] | None = None) -
     try:
         return (
             f"; loracle measured: {_figures(data, variant)}{_verdict(data, variant)} "
-            f"({PUBLISHED[variant]}; BENCHMARKS.md)"
+            f"({published(variant)}; BENCHMARKS.md)"
         )
     except (KeyError, TypeError, ValueError):
         return ""
@@ -221,21 +228,43 @@ def measured_evidence(variant: str | None, data: dict[str, Any] | None = None) -
 
 def measured_notes(
     variant: str, combine_with: tuple[str, ...] | list[str] = (), data: dict[str, Any] | None = None
-) -> list[str]:
+) -> list[Note]:
     """Notes with loracle's own figures for QLoRA, DoRA and LoRA+ (beside the published notes)
-    and, when the answer combines ideas, for that combination."""
+    and, when the answer combines ideas, for that combination: one per measured fact, then one
+    with the published claim and whether the measurements reproduce it. A key with a figure
+    missing gives no notes; the others are unaffected."""
     data = load() if data is None else data
     if data is None:
         return []
-    keys = ["qlora", "dora", "loraplus"]
+    keys = list(IDEA_NAMES)  # an idea without published figures is skipped below
     keys += [f"{variant}+{idea}" for idea in combine_with]
-    if variant == "lora" and not combine_with:
-        keys.append("lora")
-    notes = []
+    if variant == BASE_VARIANT and not combine_with:
+        keys.append(BASE_VARIANT)
+    notes: list[Note] = []
     for key in keys:
         try:
-            cited = f"{_verdict(data, key)} ({PUBLISHED[key]})" if key in PUBLISHED else ""
-            notes.append(f"{_source(data)}: {_figures(data, key)}{cited}")
+            title, source = title_of(key), _source(data)
+            facts = [Note(text=_sentence(title, fact), source=source) for fact in _facts(data, key)]
+            claim, _, cited = published(key).removeprefix("published: ").rpartition(" (")
+            verdict = data[key].get("verdict")
         except (KeyError, TypeError, ValueError):
             continue
+        notes += facts
+        if verdict:
+            notes.append(
+                Note(
+                    text=_sentence(
+                        title,
+                        f"at loracle's scale the published claim ({claim}) "
+                        f"{VERDICT_WORDS.get(verdict, verdict)}{_verdict_parts(data, key)}",
+                    ),
+                    source=f"{cited.removesuffix(')')}; verdict: BENCHMARKS.md",
+                )
+            )
     return notes
+
+
+def _sentence(subject: str, fact: str) -> str:
+    """`fact` as a sentence about `subject`: named first, capitalised, with a full stop."""
+    text = fact if fact.startswith(subject) else f"{subject}: {fact}"
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")

@@ -1,25 +1,21 @@
-"""Ready-to-use hyperparameters for a chosen combination: peft ``LoraConfig``
-fields, bitsandbytes ``BitsAndBytesConfig`` fields for QLoRA, learning rate and
-LoRA+'s ratio, with the source of each default."""
+"""Ready-to-use hyperparameters for a chosen combination: peft ``LoraConfig`` fields,
+bitsandbytes ``BitsAndBytesConfig`` fields for QLoRA, learning rate and LoRA+'s ratio, with
+the source of each default. What each variant sets comes from the registry
+(`advisor.variants`); the worker builds its configs from the same registry functions."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from advisor.architecture import Architecture
-from advisor.memory import default_lora_dropout
 from advisor.profile import TrainingSettings
 from advisor.variants import Combination
 
-# LoRA+ (Hayou et al. 2024, section 5): a ratio lr_B / lr_A of 2^4 works across
-# the LLaMA experiments; peft's create_loraplus_optimizer takes it as loraplus_lr_ratio.
-LORAPLUS_LR_RATIO = 16.0
-# With B at 16x, A's rate (the optimizer's `lr`) goes below plain LoRA's: the LoRA+ authors
-# advise "slightly smaller (e.g. by a factor of 2) than typical vanilla LoRA learning
-# rates" (github.com/nikhil-ghosh-berkeley/loraplus, README). loracle's own benchmark
-# agrees in direction: reused at LoRA's rate LoRA+ overshot, and its best rate was 8x
-# lower than LoRA's on a 2.4M-parameter model (BENCHMARKS.md).
-LORAPLUS_LR_FACTOR = 0.5
+# The compute dtype's name in torch for each precision (BitsAndBytesConfig's
+# bnb_4bit_compute_dtype).
+COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+WARMUP_RATIO = 0.03
+LR_SCHEDULER = "cosine"
 
 
 def learning_rate(arch: Architecture) -> float:
@@ -35,42 +31,19 @@ def suggest(
     precision: str,
     lora_dropout: float | None = None,
 ) -> dict[str, Any]:
-    rank = training.lora_rank
-    dropout = default_lora_dropout(combo) if lora_dropout is None else lora_dropout
-    out: dict[str, Any] = {
-        "lora_config": {
-            "r": rank,
-            # alpha = 2r keeps the update scale alpha/r at 2 whatever the rank
-            # (a common default in peft examples and Raschka's LoRA experiments).
-            "lora_alpha": 2 * rank,
-            "lora_dropout": dropout,
-            "target_modules": training.target_modules,
-            "use_dora": combo.dora,
-            "bias": "none",
-            "task_type": "CAUSAL_LM",
-        },
-        "learning_rate": learning_rate(arch),
-        "lr_scheduler": "cosine",
-        "warmup_ratio": 0.03,
+    return {
+        "lora_config": combo.lora_config(
+            training.lora_rank, dropout=lora_dropout, target_modules=training.target_modules
+        ),
+        "learning_rate": learning_rate(arch) * combo.learning_rate_factor,
+        "lr_scheduler": LR_SCHEDULER,
+        "warmup_ratio": WARMUP_RATIO,
         "optimizer": training.optimizer,
         "precision": precision,
         "gradient_checkpointing": training.gradient_checkpointing,
         "micro_batch_size": training.micro_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
         "seq_len": training.seq_len,
-        "bnb_config": None,
-        "loraplus_lr_ratio": None,
+        "bnb_config": combo.bnb_config(COMPUTE_DTYPES[precision]),
+        "loraplus_lr_ratio": combo.loraplus_lr_ratio,
     }
-    if combo.quantize_base:
-        out["bnb_config"] = {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(
-                precision, "float32"
-            ),
-        }
-    if combo.loraplus:
-        out["loraplus_lr_ratio"] = LORAPLUS_LR_RATIO
-        out["learning_rate"] = learning_rate(arch) * LORAPLUS_LR_FACTOR
-    return out

@@ -13,12 +13,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from advisor.serving import SERVER_NAMES, ServeWith
+from advisor.variants import (
+    DEFAULT_LORA_RANK,
+    IDEA_NAMES,
+    VARIANT_NAMES,
+    IdeaName,
+    VariantName,
+)
+
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Priority = Literal["memory", "quality", "speed", "none"]
-VariantName = Literal["lora", "qlora", "dora", "loraplus"]
-
-VARIANT_NAMES: tuple[VariantName, ...] = ("lora", "qlora", "dora", "loraplus")
 
 
 def non_finite_paths(value: Any, limit: int = 4) -> list[str]:
@@ -82,9 +88,11 @@ class Hardware(_Strict):
         ge=1,
         le=64,
         description=(
-            "Cards in the machine. Above 1 the estimate assumes layer-wise model parallelism "
-            "(transformers' device_map='auto'): the layers, and their memory, are split "
-            "across the cards; the logits stay on the last card."
+            "Cards in the machine. Above 1 the estimate is per card of the run the worker "
+            "starts (one torchrun rank per card): DDP, every card holding the whole run, when "
+            "one card holds it, else FSDP, weights, gradients and optimizer state sharded "
+            "(activations are each card's own micro batch's). The estimate's strategy names "
+            "which (docs/memory.md, 'Several cards')."
         ),
     )
 
@@ -160,7 +168,7 @@ class TrainingSettings(_Strict):
         "for about 30% more step time.",
     )
     lora_rank: int = Field(
-        default=16,
+        default=DEFAULT_LORA_RANK,
         ge=1,
         le=4096,
         description="LoRA rank r. Adapter parameters, their gradients and optimizer state grow "
@@ -210,6 +218,18 @@ class Goal(_Strict):
         description="True when plain LoRA was tried and fell short of the quality needed. With "
         "priority 'quality' this is what makes DoRA worth its extra step time.",
     )
+    serve_with: ServeWith | None = Field(
+        default=None,
+        description=f"Where the adapter will be served: {', '.join(SERVER_NAMES)}; leave it "
+        "out when not known (the advice is then the same as before the field existed). "
+        "vllm, sglang and llama.cpp cannot load DoRA adapters as trained: DoRA stays only "
+        "when the goal asks for it (priority 'quality' with a LoRA quality gap), with a note "
+        "to merge before serving. vllm loads adapters up to its --max-lora-rank (at most "
+        "512): a larger training.lora_rank is lowered to 512, and the notes name the flag's "
+        "value. sglang and llama.cpp scale rsLoRA adapters wrongly, so rsLoRA is not "
+        "suggested there. merged: any variant, merged into the 16-bit base "
+        "(advisor/serving.py has each fact and its source).",
+    )
 
 
 class Profile(_Strict):
@@ -226,10 +246,12 @@ class EstimateRequest(_Strict):
 
     model: ModelRef
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    variant: VariantName = Field(default="lora", description="lora, qlora, dora or loraplus.")
-    combine_with: list[VariantName] = Field(
+    variant: VariantName = Field(default="lora", description=f"One of {', '.join(VARIANT_NAMES)}.")
+    combine_with: list[IdeaName] = Field(
         default_factory=list,
-        description="Further variants combined with `variant`, e.g. variant 'qlora' with ['dora'].",
+        description=f"Further ideas ({', '.join(IDEA_NAMES)}) layered on `variant`, e.g. "
+        "variant 'qlora' with ['dora']. Not on 'lora': LoRA plus an idea is that idea's "
+        "variant.",
     )
     hardware: Hardware | None = Field(
         default=None, description="When given, the answer says whether it fits."

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from advisor.errors import InvalidInput, Problem, UnknownName
+from loracle.hub import HUB_UNREACHABLE, HubError
 
 log = logging.getLogger("loracle.api")
 
@@ -89,13 +90,29 @@ def _value(value: Any) -> Any:
     return _json_safe(value)
 
 
-def _body(error: str, detail: str, problems: Iterable[Problem] = ()) -> dict[str, Any]:
+# OpenAI's paths answer errors in OpenAI's shape, so that the openai SDK reads them:
+# {"error": {"message", "type", "param", "code"}}, with loracle's `detail` and `problems`
+# beside it. Every other path keeps {"error": <code>, "detail", "problems"}.
+OPENAI_PATHS = ("/v1/fine_tuning/", "/v1/files")
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PATHS)
+
+
+def error_body(
+    status: int, error: str, detail: str, problems: Iterable[Problem] = (), openai: bool = False
+) -> dict[str, Any]:
+    listed = [{"field": p.field, "message": p.message, "value": _value(p.value)} for p in problems]
+    if not openai:
+        return {"error": error, "detail": detail, "problems": listed}
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    param = listed[0]["field"] if listed else None
     return {
-        "error": error,
+        "error": {"message": detail, "type": kind, "param": param, "code": error},
         "detail": detail,
-        "problems": [
-            {"field": p.field, "message": p.message, "value": _value(p.value)} for p in problems
-        ],
+        "problems": listed,
     }
 
 
@@ -105,8 +122,10 @@ def error_response(
     detail: str,
     problems: Iterable[Problem] = (),
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    return JSONResponse(_body(error, detail, problems), status_code=status, headers=headers)
+    body = error_body(status, error, detail, problems, is_openai_path(path))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: Sequence[Any]) -> str:
@@ -114,7 +133,9 @@ def _field(loc: Sequence[Any]) -> str:
     if parts and parts[0] in ("body", "query", "path", "header", "form"):
         parts = parts[1:] or parts
     # Union branches add their type names to the location: drop them.
-    parts = [p for p in parts if not p.startswith(("literal[", "list[", "function-"))]
+    parts = [p for p in parts if not p.startswith(("literal[", "list[", "dict[", "function-"))]
+    while len(parts) > 1 and parts[-1] in ("int", "float", "str", "bool"):
+        parts.pop()  # the branch of `int | Literal["auto"]` that was tried
     return ".".join(parts) or "body"
 
 
@@ -126,6 +147,7 @@ _TYPE_FIXES = {
     "float_type": "must be a JSON number such as 24 or 23.6, without quotes",
     "string_type": "must be a JSON string, in quotes",
     "finite_number": "must be a finite number; JSON has no NaN or Infinity",
+    "dict_type": 'must be a JSON object such as {"key": "value"}',
 }
 
 
@@ -154,18 +176,37 @@ def _problem(err: dict[str, Any]) -> Problem:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidInput)
-    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+    async def _invalid(request: Request, exc: InvalidInput) -> JSONResponse:
         code = "unknown_name" if isinstance(exc, UnknownName) else "invalid_request"
-        return error_response(422, code, exc.summary(), exc.problems)
+        return error_response(422, code, exc.summary(), exc.problems, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [_problem(dict(e)) for e in exc.errors()]
-        return error_response(422, "invalid_request", "; ".join(str(p) for p in problems), problems)
+        detail = "; ".join(str(p) for p in problems)
+        return error_response(422, "invalid_request", detail, problems, path=request.url.path)
+
+    @app.exception_handler(HubError)
+    async def _hub(request: Request, exc: HubError) -> JSONResponse:
+        # Unreachable is the server's trouble and may pass (503, with when to retry); every
+        # other code is about the model named, which a retry cannot change (422).
+        unreachable = exc.code == HUB_UNREACHABLE
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        problem = Problem("model", str(exc), exc.repo_id)
+        return error_response(
+            503 if unreachable else 422,
+            exc.code,
+            f"model: {exc}",
+            [problem],
+            headers,
+            path=request.url.path,
+        )
 
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.detail, exc.problems, exc.headers)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(
+            exc.status, exc.error, exc.detail, exc.problems, exc.headers, path=request.url.path
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -177,7 +218,9 @@ def install(app: FastAPI) -> None:
                 f"could not be parsed ({exc.detail}); send UTF-8 JSON, or for uploads "
                 "multipart/form-data with a 'file' part and a 'purpose' field",
             )
-            return error_response(422, "invalid_request", str(problem), [problem])
+            return error_response(
+                422, "invalid_request", str(problem), [problem], path=request.url.path
+            )
         codes = {
             401: "unauthorized",
             404: "not_found",
@@ -192,6 +235,7 @@ def install(app: FastAPI) -> None:
             codes.get(exc.status_code, "http_error"),
             detail,
             headers=getattr(exc, "headers", None),
+            path=request.url.path,
         )
 
     @app.exception_handler(Exception)
@@ -202,4 +246,5 @@ def install(app: FastAPI) -> None:
             "internal_error",
             "the server failed on this request; it has been logged. Retry, or report it "
             "with the request body",
+            path=request.url.path,
         )

@@ -8,7 +8,9 @@ request body is held to 1 MiB (a job or a profile is a few KiB).
 An upload without a valid API key gets its 401 before any of its body is read: FastAPI
 parses a form before it runs the route's dependencies, so the route's own key check
 would come only after the whole upload was spooled to disk. The check is the routes' own
-(``api.security.key_owner``), run here on the headers alone.
+(``api.security.key_owner``), run here on the headers alone. The same holds for a remote
+worker's checkpoint and adapter uploads under ``/v1/worker/``: their worker token is
+checked first, and their limit is ``LORACLE_MAX_ARTIFACT_BYTES``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
-from api.security import key_owner
+from api.errors import ApiError, error_body, error_response, is_openai_path
+from api.security import check_worker_token, key_owner
 
 UPLOAD_PATH = "/v1/files"
+WORKER_PREFIX = "/v1/worker/"
 # Multipart framing around the file: boundaries, part headers, the purpose field.
 MULTIPART_SLACK = 64 * 1024
 JSON_BODY_LIMIT = 1 << 20
@@ -49,14 +52,18 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         upload = scope["path"] == UPLOAD_PATH
-        if upload:
+        worker = scope["path"].startswith(WORKER_PREFIX)
+        if upload or worker:
+            check = check_worker_token if worker else key_owner
             try:
-                key_owner(Headers(scope=scope).get("authorization", ""), _settings(scope))
+                check(Headers(scope=scope).get("authorization", ""), _settings(scope))
             except ApiError as exc:
                 # "Connection: close": the server drops the connection rather than read
                 # the unread body to reach the next request on it.
                 headers = {**(exc.headers or {}), "Connection": "close"}
-                response = error_response(exc.status, exc.error, exc.detail, headers=headers)
+                response = error_response(
+                    exc.status, exc.error, exc.detail, headers=headers, path=scope["path"]
+                )
                 await response(scope, receive, send)
                 return
         max_upload = _settings(scope).max_upload_bytes
@@ -67,10 +74,15 @@ class BodyLimit:
             if upload
             else f"request body larger than {JSON_BODY_LIMIT} bytes"
         )
+        if worker:
+            limit = _settings(scope).max_artifact_bytes
+            what = (
+                f"upload larger than LORACLE_MAX_ARTIFACT_BYTES={limit} bytes; raise it on the API"
+            )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit():
             if int(declared) > limit:
-                await _reject(send, what)
+                await _reject(send, what, scope["path"])
                 return
             # The HTTP server frames the body by its Content-Length: the app never
             # receives more than declared, so there is nothing left to count.
@@ -99,7 +111,7 @@ class BodyLimit:
             await self.app(scope, counted, tracked)
         except _TooLarge:  # raised outside FastAPI's body parsing
             if not started:
-                await _reject(send, what)
+                await _reject(send, what, scope["path"])
 
 
 def _settings(scope: Scope) -> Any:
@@ -107,8 +119,8 @@ def _settings(scope: Scope) -> Any:
     return scope["app"].state.settings
 
 
-async def _reject(send: Send, detail: str) -> None:
-    body: dict[str, Any] = {"error": "payload_too_large", "detail": detail, "problems": []}
+async def _reject(send: Send, detail: str, path: str) -> None:
+    body = error_body(413, "payload_too_large", detail, (), is_openai_path(path))
     payload = json.dumps(body).encode()
     await send(
         {

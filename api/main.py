@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -17,17 +18,26 @@ import loracle
 from advisor.profile import Profile
 from api import errors
 from api.advice import endpoints as advice
+from api.calibration.endpoints import router as calibration_router
 from api.catalog.endpoints import router as catalog_router
+from api.console import endpoints as console
 from api.files.endpoints import router as files_router
+from api.fleet.endpoints import router as fleet_router
+from api.jobs import endpoints as jobs
 from api.jobs.endpoints import router as jobs_router
-from api.jobs.service import dispatch_pending
 from api.limits import BodyLimit
 from api.schemas import error_responses
-from api.security import configuration_problem, get_owner
+from api.security import configuration_problem, get_owner, require_worker
+from api.webhooks.endpoints import router as webhooks_router
+from api.worker_files.endpoints import router as worker_files_router
+from loracle.dispatch import dispatch_pending
 from loracle.queue import celery_for
 from loracle.settings import Settings, get_settings
+from loracle.webhooks import deliver_due
 
 log = logging.getLogger("loracle.api")
+
+DOCS_ASSETS = "/docs-assets"
 
 
 async def _dispatcher(app: FastAPI) -> None:
@@ -43,12 +53,25 @@ async def _dispatcher(app: FastAPI) -> None:
         await asyncio.sleep(settings.dispatch_interval_s)
 
 
+async def _webhooks(app: FastAPI) -> None:
+    """Send the webhook outbox (loracle.webhooks), every second: apart from the dispatcher,
+    so that a slow endpoint never holds back jobs."""
+    while True:
+        settings = app.state.settings
+        try:
+            await asyncio.to_thread(deliver_due, settings)
+        except Exception:  # the loop must outlive a bad round
+            log.exception("webhook round failed")
+        await asyncio.sleep(min(1.0, settings.webhook_retry_base_s))
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.settings
     problem = configuration_problem(settings)
     if problem:
         raise RuntimeError(f"loracle cannot start: {problem}")
+    settings.create_model_roots()
     if settings.auth_disabled:
         banner = (
             "AUTHENTICATION IS DISABLED (LORACLE_AUTH_DISABLED=1): anyone who can reach this "
@@ -56,13 +79,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         log.warning(banner)
         print(f"\n*** {banner} ***\n", file=sys.stderr, flush=True)
-    task = asyncio.create_task(_dispatcher(app))
+    tasks = [asyncio.create_task(_dispatcher(app)), asyncio.create_task(_webhooks(app))]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
@@ -87,7 +112,13 @@ def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application, configured by ``settings`` (default: the LORACLE_* environment)."""
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's package data, served
+    # here under DOCS_ASSETS: FastAPI's own pages fetch them (and Google Fonts) from a CDN,
+    # so the docs were blank on a machine without internet. validatorUrl: Swagger UI would
+    # otherwise send the schema to validator.swagger.io for a badge.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
         title="loracle",
         version=loracle.__version__,
@@ -102,9 +133,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     documented = error_responses(401, 413, 422)
     # /v1/recommendations checks the key itself (see its route); /v1/estimates by dependency.
     advice.install(app)
-    for router in (catalog_router, files_router, jobs_router):
+    routers = (catalog_router, files_router, fleet_router, calibration_router, webhooks_router)
+    for router in routers:
         app.include_router(router, dependencies=authenticated, responses=documented)
+    app.include_router(
+        jobs_router, prefix=jobs.PREFIX, dependencies=authenticated, responses=documented
+    )
+    app.include_router(
+        jobs_router,
+        prefix=jobs.ALIAS,
+        dependencies=authenticated,
+        responses=documented,
+        include_in_schema=False,
+    )
+    # A remote worker's file transfers: a worker token, never an API key (api/worker_files).
+    app.include_router(
+        worker_files_router, dependencies=[Depends(require_worker)], responses=documented
+    )
     document_models(app, Profile)
+    # The web console's pages load without a key; their data calls carry one.
+    console.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -46,42 +46,21 @@ def check_plain_name(value: str, field: str) -> str:
     return value
 
 
-def looks_local(value: str) -> bool:
-    """What the worker would load from disk rather than the hub (see
-    worker.modeling._is_local): it must pass check_local_path."""
-    return (
-        value.startswith(("/", ".", "~", "\\"))
-        or value.count("/") > 1
-        or "\\" in value
-        or "\x00" in value
-        or "%" in value
-        or os.path.exists(value)
-    )
-
-
-def check_local_path(value: str, field: str, roots: list[Path]) -> None:
-    """A local path must name, without symlinks, a place inside one of ``roots``."""
-    refuse_tricks(value, field)
-    given = Path(os.path.normpath(os.path.expanduser(value)))
-    if not given.is_absolute():
-        raise _problem(
-            field,
-            "a local path must be absolute and inside the allowed roots "
-            f"({', '.join(str(r) for r in roots)})",
-            value,
-        )
+def check_local_path(path: str, field: str, roots: list[Path]) -> None:
+    """A local model directory, as `loracle.model_source.locate_model` placed it (an absolute
+    path), must lie inside one of ``roots`` with no symlink on the way: stricter than the
+    worker's check, which follows links that stay inside a root."""
+    given = Path(os.path.normpath(path))
     root = next((r for r in roots if given.is_relative_to(r)), None)
     if root is None:
         raise _problem(
             field,
             f"is outside the allowed roots ({', '.join(str(r) for r in roots)}); move the model "
-            "into one of them",
-            value,
+            "into one of them, or name it relative to the first",
+            path,
         )
     here = root
     for part in given.relative_to(root).parts:
         here = here / part
         if here.is_symlink():
-            raise _problem(
-                field, f"goes through a symlink ({here}); give the real directory", value
-            )
+            raise _problem(field, f"goes through a symlink ({here}); give the real directory", path)

@@ -13,10 +13,22 @@ class ProblemOut(BaseModel):
     value: Any = None
 
 
+class OpenAIErrorOut(BaseModel):
+    """OpenAI's error object, on /v1/files and /v1/fine_tuning."""
+
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, server_error.")
+    param: str | None = Field(description="The first field at fault, if any.")
+    code: str = Field(description="loracle's machine-readable code, e.g. 'invalid_request'.")
+
+
 class ErrorOut(BaseModel):
     """Every 4xx/5xx answer has this shape."""
 
-    error: str = Field(description="A stable machine-readable code, e.g. 'invalid_request'.")
+    error: str | OpenAIErrorOut = Field(
+        description="A stable machine-readable code, e.g. 'invalid_request'; on OpenAI's "
+        "paths (/v1/files, /v1/fine_tuning) OpenAI's error object, whose `code` is that code."
+    )
     detail: str = Field(description="A human-readable summary naming the field and the fix.")
     problems: list[ProblemOut] = Field(default_factory=list)
 

@@ -23,9 +23,11 @@ import re
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
+from loracle.keys import configured_entries
 from loracle.settings import Settings
 
 log = logging.getLogger("loracle.api")
@@ -46,9 +48,10 @@ HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def accepted_keys(settings: Settings) -> list[tuple[str, str]]:
-    """(digest, owner) of every entry of LORACLE_API_KEY_HASHES."""
+    """(digest, owner) of every entry of LORACLE_API_KEY_HASHES, or of the key file when it
+    is unset (loracle/keys.py)."""
     keys = []
-    for entry in (settings.api_key_hashes or "").split(","):
+    for entry in configured_entries(settings):
         entry = entry.strip()
         if not entry:
             continue
@@ -90,6 +93,18 @@ def configuration_problem(settings: Settings) -> str | None:
         )
     if len(set(hashes)) != len(hashes):
         return "LORACLE_API_KEY_HASHES lists a digest twice; list each key once"
+    workers = worker_token_hashes(settings)
+    bad = [h for h in workers if not HEX_DIGEST.match(h)]
+    if bad:
+        return (
+            f"LORACLE_WORKER_TOKEN_HASHES holds {len(bad)} value(s) that are not SHA-256 hex "
+            "digests; list the digests of the workers' tokens, comma-separated"
+        )
+    if set(workers) & set(hashes):
+        return (
+            "a digest is in both LORACLE_API_KEY_HASHES and LORACLE_WORKER_TOKEN_HASHES: a "
+            "worker token must not be an API key; make the worker its own (`loracle keys worker`)"
+        )
     return None
 
 
@@ -103,8 +118,22 @@ async def app_settings(request: Request) -> Settings:
     return settings
 
 
+# Declares the scheme in the OpenAPI (components.securitySchemes.bearer and `security` on
+# every operation that depends on get_owner), so Swagger UI's Authorize button sends the key.
+# auto_error=False: the check and its 401 are key_owner's, the same for every route.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    description="An API key: `Authorization: Bearer <key>`. `loracle up` prints one.",
+    auto_error=False,
+)
+# The same requirement, for routes that check the key themselves (POST /v1/recommendations).
+BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
 async def get_owner(
-    request: Request, settings: Annotated[Settings, Depends(app_settings)]
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> str | None:
     """The owner of this request: its valid API key's owner name, or the key's digest."""
     return check_key(request, settings)
@@ -135,3 +164,52 @@ def key_owner(authorization: str, settings: Settings) -> str | None:
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]
+
+
+# -- worker tokens (api/worker_files) ------------------------------------------------------
+# A credential of another kind than an API key: a worker token opens only the /v1/worker/
+# routes, and there only the files of a job its worker holds the lease of; an API key opens
+# none of them. Two lists of digests, so neither can stand in for the other.
+
+
+def new_worker_token() -> str:
+    return "lorw_" + secrets.token_urlsafe(32)
+
+
+def worker_token_hashes(settings: Settings) -> list[str]:
+    raw = settings.worker_token_hashes or ""
+    return [h.strip().lower() for h in raw.split(",") if h.strip()]
+
+
+def check_worker_token(authorization: str, settings: Settings) -> None:
+    """Accept a request to a /v1/worker/ route only with a valid worker token; raises a 401
+    ``ApiError`` that says what to send or to configure. Open with auth disabled."""
+    if settings.auth_disabled:
+        return
+    accepted = worker_token_hashes(settings)
+    if not accepted:
+        raise _unauthorized(
+            "this server accepts no worker tokens: set LORACLE_WORKER_TOKEN_HASHES on the API "
+            "to the SHA-256 digests of its workers' LORACLE_WORKER_TOKEN (`loracle keys "
+            "worker` makes a token and prints both)"
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send the worker token as 'Authorization: Bearer <token>'")
+    presented = digest(token.strip())
+    match = False
+    for hashed in accepted:
+        match |= hmac.compare_digest(presented, hashed)
+    if not match:
+        raise _unauthorized(
+            "not a worker token this server accepts (an API key is not one): set the worker's "
+            "LORACLE_WORKER_TOKEN to a token whose digest is in LORACLE_WORKER_TOKEN_HASHES"
+        )
+
+
+async def require_worker(
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> None:
+    check_worker_token(request.headers.get("authorization", ""), settings)

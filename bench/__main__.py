@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["advice", "training", "trace_speed", "evidence"]
+BENCHMARKS = ["advice", "training", "fleet", "trace_speed", "evidence"]
 
 
 def main() -> None:

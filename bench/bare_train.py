@@ -11,15 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+from loracle import recipe
+
 
 def main(plan_path: str) -> None:
     import transformers
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
+    from loracle.plan import load_plan
     from worker import data, modeling
-    from worker.plan import load_plan
-    from worker.training import _training_arguments
 
     # The device the worker would pick on this machine: a GPU job against a CPU script
     # would measure the hardware, not the service.
@@ -28,9 +29,9 @@ def main(plan_path: str) -> None:
     transformers.set_seed(plan.seed)
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     model = AutoModelForCausalLM.from_pretrained(
-        plan.model, **modeling.model_load_kwargs(plan, device)
+        plan.model, **recipe.model_load_kwargs(plan, device)
     )
-    model = get_peft_model(model, modeling.make_lora_config(plan))
+    model = get_peft_model(model, recipe.make_lora_config(plan))
     train = data.tokenize_file(plan.train_file, tokenizer, plan.seq_len)
 
     class Clock(TrainerCallback):
@@ -46,7 +47,7 @@ def main(plan_path: str) -> None:
 
     trainer = Trainer(
         model=model,
-        args=_training_arguments(plan, device, Path(plan.output_dir) / "bare"),
+        args=recipe.training_arguments(plan, device, Path(plan.output_dir) / "bare"),
         train_dataset=train.examples,
         data_collator=data.PadCollator(tokenizer.pad_token_id),
         callbacks=[Clock()],

@@ -1,7 +1,7 @@
 """How long a traced memory estimate takes: the issue's limits are a 7B model in under 15 s
 and a 70B in under 2 minutes on 2 CPU cores.
 
-Each trace runs the way the API runs it, in a fresh `python -m worker trace` process, one at a
+Each trace runs the way the API runs it, in a fresh `python -m memtrace` process, one at a
 time: the wall time of that process (what a user waits for on a cache miss), the trace alone
 (two training steps on the meta device, as the process reports it), and, measured in the same
 run as the baseline, a process that only imports torch, transformers and peft.
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 "variant": variant,
                 "combine_with": combine,
             }
-            wall, out = _wall([sys.executable, "-m", "worker", "trace"], stdin=json.dumps(request))
+            wall, out = _wall([sys.executable, "-m", "memtrace"], stdin=json.dumps(request))
             trace = json.loads(out.strip().splitlines()[-1])["trace"]
             rows.append(
                 {

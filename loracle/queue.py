@@ -36,6 +36,11 @@ from loracle.settings import Settings
 
 QUEUE = "loracle"
 RUN_JOB = "loracle.run_job"
+# Merge a succeeded job's adapter into its base (worker.tasks.merge_job). Sent to the job's own
+# queue: workers consume only their card class's queues, and a worker of the class that trained
+# the job can reach its base model and its files. The merge itself runs on that worker's CPU
+# (worker/merge.py says why), one pool process for a few seconds to minutes.
+MERGE_JOB = "loracle.merge_job"
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
@@ -128,10 +133,10 @@ def celery_for(settings_json: str) -> Celery:
 
 
 def waiting_job_ids(settings: Settings) -> set[str]:
-    """The ids of the jobs whose messages wait in the broker's queue, not yet taken by any
-    worker. Reads the queue without consuming it: Redis's lists (kombu keeps one per
-    priority step), or the embedded broker's message files. Raises when the broker cannot
-    be read."""
+    """The ids of the jobs whose messages wait in the broker's queues (the default one and
+    every card class's, `loracle.<class>.x<cards>`), not yet taken by any worker. Reads the
+    queues without consuming them: Redis's lists (kombu keeps one per queue and priority
+    step), or the embedded broker's message files. Raises when the broker cannot be read."""
     raw: list[bytes | str] = []
     if settings.broker_url:
         import redis
@@ -140,14 +145,14 @@ def waiting_job_ids(settings: Settings) -> set[str]:
             settings.broker_url, socket_timeout=5, socket_connect_timeout=5
         )
         try:
-            names = [QUEUE] + [f"{QUEUE}\x06\x16{step}" for step in (3, 6, 9)]
-            for name in names:
-                raw += client.lrange(name, 0, -1)
+            for name in client.scan_iter(match=f"{QUEUE}*", count=1000):
+                if client.type(name) in (b"list", "list"):
+                    raw += client.lrange(name, 0, -1)
         finally:
             client.close()
     else:
         folder = Path(settings.data_dir) / "broker" / "queue"
-        for path in folder.glob(f"*.{QUEUE}.msg") if folder.is_dir() else ():
+        for path in folder.glob(f"*.{QUEUE}*.msg") if folder.is_dir() else ():
             try:
                 raw.append(path.read_bytes())
             except FileNotFoundError:  # taken by a worker while we looked

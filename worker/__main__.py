@@ -1,16 +1,22 @@
 """`python -m worker <command>`: run worker jobs without Celery.
 
-    python -m worker train --plan plan.json [--no-resume]
-    python -m worker trace [--request request.json] < request.json
+    python -m worker train --plan plan.json [--no-resume] [--result result.json]
+    python -m worker merge --adapter <job dir or adapter dir> --out <dir> [--base MODEL]
+                           [--dtype bf16|fp16|fp32]
+
+Under torchrun (`python -m torch.distributed.run --nproc_per_node N -m worker train ...`)
+each process is one rank of a run on N cards (`worker.distributed`): rank 0 alone reports
+and answers, and a cancelled rank exits 0 (the result says "cancelled").
 
 `train` runs one plan and prints the `TrainingResult` as JSON on stdout (everything else the
 libraries print goes to stderr). `--plan` takes a bare plan or the `plan.json` record of a
 finished run. Events and progress go to stderr as JSON lines.
 
-`trace` measures the GPU memory of training steps of a model built from its config on the
-meta device (`worker.memtrace`) and prints `{"estimate": ..., "trace": ...}` on one line. The
-request (from the file, or stdin) is `{"config": <config.json>, "training": <advisor
-TrainingSettings fields>, "variant": ..., "combine_with": [...], "lora_dropout": null}`.
+`merge` merges a finished run's adapter into its base (`worker.merge`: safetensors, config,
+tokenizer, `loracle-merge.json`) and prints the `MergeResult` as JSON. The base is the model
+the run's `plan.json` names unless `--base` says otherwise.
+
+The memory tracer has a command of its own: `python -m memtrace`.
 
 Exit status: 0 succeeded, 3 cancelled, 2 a refused plan, data file or model (the error is
 printed as `{"error": ..., "detail": ...}` on stdout), anything else is a crash.
@@ -25,6 +31,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from worker.training import TrainingHooks
@@ -50,73 +57,93 @@ class StderrHooks(TrainingHooks):
         print(json.dumps(report), file=sys.stderr, flush=True)
 
 
+def _job_hooks(args: argparse.Namespace) -> TrainingHooks:
+    """Rank 0's hooks: the job store's (`--job`, under the worker) or JSON lines on stderr."""
+    if args.job is None:
+        return StderrHooks()
+    from loracle.settings import get_settings
+    from worker.service import StoreHooks
+
+    return StoreHooks(get_settings(), args.job, args.lease_token)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from worker.errors import WorkerError
-    from worker.plan import load_plan
+    from loracle.errors import LoracleError
+    from loracle.plan import load_plan
+    from worker import distributed
     from worker.training import run_training
 
+    rank = distributed.world()[0]
+    hooks: TrainingHooks | None = None
+    answer: dict[str, Any]
     try:
         plan = load_plan(args.plan)
+        hooks = _job_hooks(args) if rank == 0 else TrainingHooks()
         # Libraries print progress and notices to stdout; keep stdout for the result alone.
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_training(plan, StderrHooks(), resume=args.resume)
-    except WorkerError as exc:
-        print(json.dumps({"error": type(exc).__name__, "detail": str(exc)}))
+            if distributed.in_distributed_launch():
+                result = distributed.run_rank(plan, hooks, resume=args.resume)
+            else:
+                result = run_training(plan, hooks, resume=args.resume)
+    except LoracleError as exc:
+        answer = {"error": type(exc).__name__, "detail": str(exc)}
+        _answer(args, rank, answer)
         return EXIT_REFUSED
-    print(result.model_dump_json(indent=2))
+    except BaseException as exc:
+        # Under the worker the launcher's caller reads rank 0's error from --result.
+        _answer(args, rank, {"error": type(exc).__name__, "detail": str(exc)})
+        raise
+    finally:
+        if hooks is not None and hasattr(hooks, "close"):
+            hooks.close()
+        distributed.end_rank()
+    _answer(args, rank, json.loads(result.model_dump_json()))
+    if distributed.in_distributed_launch():
+        return 0  # a cancel is an answer, not a failed rank: torchrun must not report one
     return 0 if result.status == "succeeded" else EXIT_CANCELLED
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+def _answer(args: argparse.Namespace, rank: int, answer: dict[str, Any]) -> None:
+    """The result (or refusal) on stdout, or in the `--result` file; from rank 0 only."""
+    if rank != 0:
+        return
+    text = json.dumps(answer, indent=2)
+    if args.result is None:
+        print(text)
+        return
+    from worker.artifacts import write_json
 
-    from advisor.errors import InvalidInput
-    from advisor.profile import TrainingSettings
-    from advisor.variants import combination
-    from worker.memtrace.build import ConfigError
-    from worker.memtrace.trace import trace_memory
+    write_json(args.result, answer)
 
-    def refuse(field: str, detail: str) -> int:
-        print(json.dumps({"error": "TraceRefused", "field": field, "detail": detail}))
-        return EXIT_REFUSED
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from loracle.errors import LoracleError
+    from worker import artifacts
+    from worker.merge import adapter_plan, merge_adapter
+
+    adapter = args.adapter
+    if (
+        not (adapter / "adapter_config.json").is_file()
+        and (adapter / artifacts.ADAPTER_DIRNAME / "adapter_config.json").is_file()
+    ):
+        adapter = adapter / artifacts.ADAPTER_DIRNAME  # a job's or a run's output directory
     try:
-        text = open(args.request).read() if args.request else sys.stdin.read()  # noqa: SIM115
-        request = json.loads(text)
-        training = TrainingSettings.model_validate(request.get("training") or {})
-        combo = combination(request.get("variant", "lora"), request.get("combine_with") or [])
-        config = request["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        return refuse("body", f"the trace request is not readable ({exc}); see `--help`")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "training." + ".".join(str(p) for p in first["loc"])
-        return refuse(field, first["msg"])
-    except InvalidInput as exc:
-        return refuse(exc.problems[0].field, exc.problems[0].message)
-    try:
+        base = args.base
+        if base is None:
+            plan = adapter_plan(adapter)
+            if plan is None:
+                raise SystemExit(f"{adapter} has no plan.json naming its base; pass --base")
+            base = plan.model
         with contextlib.redirect_stdout(sys.stderr):
-            result = trace_memory(config, training, combo, lora_dropout=request.get("lora_dropout"))
-    except ConfigError as exc:
-        return refuse(exc.field, exc.message)
-    out = {
-        "estimate": result.estimate(combo).as_dict(),
-        "trace": {
-            "peak_bytes": result.peak_bytes,
-            "by_kind_bytes": result.by_kind,
-            "peak_phase": result.peak_phase,
-            "attention_kernels": result.attention_kernels,
-            "holds_score_matrix": result.holds_scores,
-            "target": result.target,
-            "ops": result.ops,
-            "seconds": round(result.seconds, 3),
-        },
-    }
-    print(json.dumps(out))
+            result = merge_adapter(base, adapter, args.out, args.dtype, job_id=args.job)
+    except LoracleError as exc:
+        print(json.dumps({"error": type(exc).__name__, "detail": str(exc)}, indent=2))
+        return EXIT_REFUSED
+    print(result.model_dump_json(indent=2))
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"train": cmd_train, "trace": cmd_trace}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"train": cmd_train, "merge": cmd_merge}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,10 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="start over: delete existing checkpoints instead of resuming the newest",
     )
-    trace = commands.add_parser(
-        "trace", help="trace the GPU memory of training steps of a model on the meta device"
+    train.add_argument(
+        "--result", type=Path, help="write the result (or refusal) JSON here, not on stdout"
     )
-    trace.add_argument("--request", help="request JSON file (default: read stdin)")
+    train.add_argument(
+        "--job", help="the stored job this run is: rank 0 reports to the job store (worker)"
+    )
+    train.add_argument("--lease-token", type=int, help="with --job: the lease's fencing token")
+    merge = commands.add_parser("merge", help="merge a run's adapter into its base")
+    merge.add_argument(
+        "--adapter", required=True, type=Path, help="adapter directory, or a run's output dir"
+    )
+    merge.add_argument("--out", required=True, type=Path, help="where the merged model goes")
+    merge.add_argument("--base", help="the base model (default: the one plan.json names)")
+    merge.add_argument(
+        "--dtype", choices=["bf16", "fp16", "fp32"], help="default: the run's precision"
+    )
+    merge.add_argument("--job", help="the job id to record in loracle-merge.json")
     return parser
 
 

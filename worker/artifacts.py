@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from worker.plan import TrainingPlan
+from loracle.plan import TrainingPlan
 
 ADAPTER_DIRNAME = "adapter"
 PLAN_FILE, METRICS_FILE, LOSS_PLOT = "plan.json", "metrics.json", "loss.png"
@@ -121,12 +121,17 @@ def write_adapter(
     metrics: dict[str, Any],
     steps: list[int],
     losses: list[float],
+    state_dict: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Publish `output_dir/adapter/` (adapter weights and the run record) atomically and return
-    the paths of what it holds."""
+    the paths of what it holds. `state_dict`: the model's full state when its own parameters
+    are shards (FSDP), else None."""
 
     def fill(directory: Path) -> None:
-        model.save_pretrained(str(directory))
+        if state_dict is None:
+            model.save_pretrained(str(directory))
+        else:
+            model.save_pretrained(str(directory), state_dict=state_dict)
         write_json(directory / PLAN_FILE, plan)
         write_json(directory / METRICS_FILE, metrics)
         plot_losses(directory / LOSS_PLOT, steps, losses)

@@ -1,27 +1,16 @@
-"""Domain errors raised by the worker. Standard library only: the API imports these.
-
-Each error knows nothing of HTTP or Celery; callers map them to their own error shape. Every
-message names what was wrong, the offending value, and how to fix it.
-"""
+"""Errors only the worker raises: losing a run to another process, or the store that says who
+owns it. The errors of the shared contract (plans, model sources, data files) are in
+`loracle.errors`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
+
+from loracle.errors import OUT_OF_MEMORY, LoracleError
 
 
-class WorkerError(Exception):
-    """Base class of every error the worker raises on purpose."""
-
-
-class PlanError(WorkerError, ValueError):
-    """A training plan is invalid. `problems` lists every problem found, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__(
-            f"invalid training plan ({len(self.problems)} problem(s)):\n"
-            + "\n".join(f"- {p}" for p in self.problems)
-        )
+class WorkerError(LoracleError):
+    """Base class of the errors only the worker raises on purpose."""
 
 
 class LeaseLost(WorkerError):
@@ -34,33 +23,21 @@ class StoreUnavailable(WorkerError):
     nothing more is written."""
 
 
-class ModelSourceError(WorkerError):
-    """A model source was refused: outside the allowed roots, asks for remote code, no weights."""
+class SourceCheckpointGone(RuntimeError):
+    """The checkpoint a job was submitted `from_checkpoint` is no longer on disk."""
 
 
-@dataclass(frozen=True)
-class DataProblem:
-    """One problem in a data file: `line` is 1-based (0 for the file as a whole)."""
+class OutOfMemory(WorkerError):
+    """A one-card run ran out of CUDA memory on every try it had (worker/oom.py). The job
+    fails with error code `out_of_memory`; the message names the peak measured at the last
+    failure, the changes tried and the remedies left."""
 
-    line: int
-    message: str
+    code = OUT_OF_MEMORY
 
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line else self.message
-
-
-class DataFileError(WorkerError, ValueError):
-    """A training data file is unusable. `problems` lists what is wrong, line by line.
-
-    `truncated` is True when more problems existed than were collected (`max_errors`).
-    """
-
-    def __init__(self, problems: list[DataProblem], *, truncated: bool = False) -> None:
-        self.problems = list(problems)
-        self.truncated = truncated
-        more = "\n- ... more problems not shown" if truncated else ""
-        super().__init__(
-            f"data file rejected ({len(self.problems)} problem(s)):\n"
-            + "\n".join(f"- {p}" for p in self.problems)
-            + more
-        )
+    def __init__(
+        self, message: str, *, peak: Any = None, attempts: int, remedies_left: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.peak = peak  # worker.memory_monitor.PeakMemory of the last try, when measured
+        self.attempts = attempts
+        self.remedies_left = remedies_left

@@ -9,10 +9,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
-from loracle.queue import RUN_JOB, make_celery
+from advisor.memory import WORKER_ALLOCATOR_CONF
+from loracle.queue import MERGE_JOB, RUN_JOB, make_celery
 from loracle.settings import get_settings
+from worker import shutdown
 
 T = TypeVar("T")
 log = logging.getLogger("loracle.worker")
@@ -53,12 +55,16 @@ def _pin_one_gpu(**_: Any) -> None:
     reads the variable when it first initialises, which happens in the job, after this.
 
     Runs in every new pool process, that is before every job (one job per process): it
-    reads the card list `main` put in CUDA_VISIBLE_DEVICES and asks nothing of the GPU."""
+    reads the card list `main` put in CUDA_VISIBLE_DEVICES and asks nothing of the GPU.
+
+    A worker that runs one job at a time (`--concurrency 1`) pins nothing: its job may ask
+    for all its cards (`resources.gpus`, run by `worker.distributed`, which gives a one-card
+    job the first)."""
     from billiard.process import current_process
 
     index = getattr(current_process(), "index", None)
     cards = _listed(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    if index is None or not cards:
+    if index is None or not cards or os.environ.get("LORACLE_WORKER_CONCURRENCY") == "1":
         return
     card = gpu_for_process(int(index), cards)
     if card is None:  # `main` refuses this; a worker started some other way gets a warning
@@ -71,11 +77,33 @@ def _pin_one_gpu(**_: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = card
 
 
+@worker_shutting_down.connect
+def _forward_shutdown(sig: str, how: str, **_: Any) -> None:
+    """In the worker's main process: a SIGTERM sent to it alone reaches the pool too."""
+    shutdown.forward_to_pool(sig, how)
+
+
 @app.task(name=RUN_JOB, acks_late=True)
 def run_job(job_id: str) -> str:
     from worker.service import execute_job
 
+    # SIGTERM and SIGINT ask the job to stop at its next step end, with a checkpoint, and go
+    # back to the queue (worker/shutdown.py), rather than kill it. Here, on the pool process's
+    # main thread as the job starts: billiard sets its own handlers after worker_process_init.
+    shutdown.install_in_pool_process()
     return on_fresh_stack(execute_job, job_id, get_settings())
+
+
+@app.task(name=MERGE_JOB, acks_late=True)
+def merge_job(job_id: str) -> str:
+    """Merge a succeeded job's adapter into its base, as the job's newest `merge_requested`
+    event asks (worker.service.execute_merge). No shutdown handling: a merge is seconds to
+    minutes and writes its output atomically, so one cut short leaves nothing half-written;
+    its `merge_started` stays the merge's last word, and the API takes a new request once that
+    is an hour old (api/jobs/service.py MERGE_LOST_AFTER_S)."""
+    from worker.service import execute_merge
+
+    return on_fresh_stack(execute_merge, job_id, get_settings())
 
 
 def on_fresh_stack(fn: Callable[..., T], *args: Any) -> T:
@@ -106,9 +134,38 @@ def on_fresh_stack(fn: Callable[..., T], *args: Any) -> T:
     return box["result"]  # type: ignore[no-any-return]
 
 
+def apply_allocator_conf() -> None:
+    """The CUDA caching allocator's setting the advisor's estimates model
+    (advisor.memory.WORKER_ALLOCATOR_CONF; why: docs/memory.md), set before anything
+    initialises CUDA, so that pool processes inherit it. A setting the operator chose is
+    kept, with a warning that the estimates assume another."""
+    chosen = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    if chosen is None:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = WORKER_ALLOCATOR_CONF
+    elif chosen != WORKER_ALLOCATOR_CONF:
+        log.warning(
+            "PYTORCH_CUDA_ALLOC_CONF=%s is kept; the memory estimates assume %s "
+            "(docs/memory.md), so whole-run figures may differ",
+            chosen,
+            WORKER_ALLOCATOR_CONF,
+        )
+
+
 def main(concurrency: int = 1, loglevel: str = "info") -> None:
     """Start a worker on the configured broker (``loracle worker``)."""
     cards = visible_cards()
+    settings = get_settings()
+    if not cards:
+        # The first line a user reads: jobs here run on the CPU, whatever their estimate says.
+        budget = settings.worker_memory_gib
+        log.warning(
+            "no CUDA GPU visible to this worker (CUDA_VISIBLE_DEVICES=%s, nvidia-smi lists "
+            "none): jobs run on the CPU in fp32%s, and their memory is measured as the "
+            "process's resident set growth",
+            os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            f", within a {budget:g} GiB budget" if budget else "",
+        )
+    apply_allocator_conf()
     if cards and concurrency > len(cards):
         # The extra processes would find no card and train on the CPU without a word.
         raise SystemExit(
@@ -126,15 +183,35 @@ def main(concurrency: int = 1, loglevel: str = "info") -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    app.worker_main(
-        [
-            "worker",
-            f"--loglevel={loglevel}",
-            f"--concurrency={concurrency}",
-            "--pool=prefork",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            "loracle",
-        ]
+    from worker import fleet
+
+    reg = fleet.describe(settings, cards, concurrency)
+    fleet.register(settings, reg, concurrency)
+    heartbeat = fleet.Heartbeat(settings, reg, concurrency).start()
+    # Pool processes inherit these, and say who received each job (the `arrived` event).
+    os.environ["LORACLE_WORKER_ID"] = reg.worker_id
+    os.environ["LORACLE_WORKER_CARD_CLASS"] = reg.card_class
+    os.environ["LORACLE_WORKER_QUEUES"] = ",".join(reg.queues)
+    os.environ["LORACLE_WORKER_CONCURRENCY"] = str(concurrency)  # read by _pin_one_gpu
+    log.info(
+        "worker %s registered: %s (%s), queues %s",
+        reg.worker_id,
+        reg.card_class,
+        ", ".join(f"{c['name']} {c['total_gib']:g} GiB" for c in reg.cards),
+        ",".join(reg.queues),
     )
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--loglevel={loglevel}",
+                f"--concurrency={concurrency}",
+                "--pool=prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "-Q",
+                ",".join(reg.queues),
+            ]
+        )
+    finally:
+        heartbeat.stop()

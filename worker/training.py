@@ -3,74 +3,57 @@
 The loop is transformers' `Trainer` (gradient accumulation, mixed precision, schedulers,
 checkpoints with RNG state, resume); this module only builds its inputs from the plan and
 hooks in with a callback. How the model is built lives in `worker.modeling`, the data in
-`worker.data`, the record in `worker.artifacts`.
+`worker.data`, checkpoints in `worker.checkpoints`, the memory measurement in
+`worker.memory_monitor`, the record in `worker.artifacts`.
 
 Layout of `plan.output_dir`:
 
     checkpoints/checkpoint-<step>/   Trainer checkpoints, every `checkpoint_steps` steps
-    adapter/                          the final adapter and the run record (succeeded runs only)
+    adapter/                          the final adapter and the run record (succeeded runs), or
+                                      the partial adapter and checkpoint-<step>.tar (cancelled)
 
 Semantics a caller relies on:
 
 - Cancel: `hooks.should_stop()` is asked after every micro-batch and every optimizer step;
   once it says True the Trainer stops before the next optimizer step. The result has status
-  "cancelled", no adapter is written (`adapter/` keeps whatever a previous successful run left
-  there), and the checkpoints stay so a later run can resume.
+  "cancelled"; `adapter/` gets the adapter as trained so far and the newest complete checkpoint
+  as one archive (`worker.cancelled`), and the checkpoints stay so a later run can resume.
+- Stop for a shutdown: when `hooks.checkpoint_on_stop()` says True as `should_stop()` says True
+  at an optimizer step's end, the Trainer first saves a checkpoint of that step; the result has
+  status "stopped" (the caller requeues the job, which resumes from it).
 - Ownership: `hooks.owns_run()` is asked before a checkpoint is written, before it is
   sealed, and before the adapter is published; when it says False the run raises
   `LeaseLost` and writes nothing more (another process has taken the run over).
-- Checkpoints are complete or ignored. Once the Trainer has written `checkpoint-<step>/`,
-  every file in it and the directory itself are fsynced, and only then is the completion
-  marker `loracle-complete.json` (the step and each file's size) created atomically: written
-  to a temporary file, fsynced, renamed over with `os.replace`, and the directory fsynced
-  again. Old checkpoints are rotated out (`checkpoint_limit`) only after the newest is
-  sealed, so a complete one is on disk at every instant, even with a limit of 1. A
-  `checkpoint` event is sent after the seal.
-- Resume: with `resume=True`, the newest complete checkpoint in `checkpoints/` (it has the
-  marker, every file the marker lists at its recorded size, the adapter, optimizer, scheduler
-  and trainer state, and its trainer_state.json parses) is resumed, and a `resumed` event
-  names its step. Incomplete ones (a crash mid-write, or before the marker) are skipped with
-  a warning. With `resume=False` existing checkpoints are deleted first, so a later resume
-  never picks up a stale run.
-- Memory: on CUDA, `torch.cuda.max_memory_allocated` / `max_memory_reserved` since the start of
-  the run. On CPU, the growth of the process's resident set size (RSS) over its value at the
-  start of the run, its peak the kernel's own high-water mark (reset at run start; sampled
-  every 10 ms by a thread where the kernel offers none): it includes the model weights,
-  adapters, optimizer state, activations and allocator caches.
+- Checkpoints are complete or ignored (`worker.checkpoints` says how): each is sealed with a
+  completion marker once it is on disk, and old ones are rotated out only after the newest is
+  sealed. A `checkpoint` event is sent after the seal.
+- Resume: with `resume=True`, the newest complete checkpoint in `checkpoints/` is resumed, and
+  a `resumed` event names its step. Incomplete ones (a crash mid-write, or before the marker)
+  are skipped with a warning. With `resume=False` existing checkpoints are deleted first, so a
+  later resume never picks up a stale run.
+- Memory: the peak since the start of the run, as `worker.memory_monitor` measures it (CUDA's
+  allocator peaks on a GPU, the growth of the process's RSS on CPU). A run that raises (out of
+  memory, say) carries the peak up to the error and its step on the exception (`failure_of`).
 - Throughput: non-padding tokens (the attention mask's sum) per second of this call's
   training time.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from worker import artifacts, data, modeling, safety
+from loracle import recipe
+from loracle.plan import TrainingPlan
+from worker import artifacts, cancelled, checkpoints, data, faults, modeling, safety
 from worker.errors import LeaseLost
-from worker.plan import TrainingPlan
-
-CHECKPOINTS_DIRNAME = "checkpoints"
-# Files a Trainer checkpoint of a PEFT model must hold to be resumed from.
-CHECKPOINT_FILES = (
-    "adapter_model.safetensors",
-    "optimizer.pt",
-    "scheduler.pt",
-    "trainer_state.json",
-)
-# Created (atomically) after everything else in a checkpoint is on disk: the only sign of a
-# complete checkpoint. Its temporary name, while it is being written.
-CHECKPOINT_MARKER = "loracle-complete.json"
-CHECKPOINT_MARKER_TMP = CHECKPOINT_MARKER + ".tmp"
+from worker.memory_monitor import MemoryMonitor, PeakMemory
 
 
 class TrainingHooks:
@@ -84,7 +67,7 @@ class TrainingHooks:
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
         """Something happened: `started`, `warning`, `resumed`, `checkpoint`, `cancelled`,
-        `finished`. `data` is JSON-serialisable."""
+        `stopped`, `finished`. `data` is JSON-serialisable."""
 
     def on_progress(
         self,
@@ -100,6 +83,13 @@ class TrainingHooks:
     def should_stop(self, step_end: bool = False) -> bool:
         """Return True to cancel the run cooperatively. `step_end` is True at the end of an
         optimizer step, False at the end of a micro-batch."""
+        return False
+
+    def checkpoint_on_stop(self) -> bool:
+        """Asked once `should_stop` said True at an optimizer step's end: True when the stop
+        is a pause rather than a cancel (the worker shuts down; the job resumes elsewhere). The
+        Trainer then saves a checkpoint of that step before it stops, and the result's status
+        is "stopped"."""
         return False
 
     def owns_run(self) -> bool:
@@ -120,23 +110,11 @@ class StepLog(BaseModel):
     grad_norm: float | None = None
 
 
-class PeakMemory(BaseModel):
-    """Measured peak memory of the run, in bytes; `measures` says what the numbers mean."""
-
-    device: str
-    measures: str
-    allocated_bytes: int | None = None
-    reserved_bytes: int | None = None
-    rss_baseline_bytes: int | None = None
-    rss_peak_bytes: int | None = None
-    rss_growth_bytes: int | None = None
-
-
 class TrainingResult(BaseModel):
     """What a run did. `steps` is the optimizer step reached (counting steps done before a
     resume), `losses` the whole logged history (also across a resume)."""
 
-    status: Literal["succeeded", "cancelled"]
+    status: Literal["succeeded", "cancelled", "stopped"]
     steps: int
     total_steps: int
     final_loss: float | None
@@ -154,202 +132,8 @@ class TrainingResult(BaseModel):
     optimizer: str
     warnings: list[str]
     artifacts: dict[str, str]
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring
-# ---------------------------------------------------------------------------------------------
-
-
-class MemoryMonitor:
-    """Peak memory between `start()` and `stop()`; see the module docstring for what it is.
-
-    On Linux the CPU peak is the kernel's own high-water mark of the process's RSS (`VmHWM`
-    in /proc/self/status), reset at `start()` by writing 5 to /proc/self/clear_refs: exact,
-    and no thread. Elsewhere a thread samples the RSS every `interval_s` (it misses spikes
-    shorter than that, and each sample briefly takes a core from the training).
-    """
-
-    def __init__(self, device: str, interval_s: float = 0.01) -> None:
-        self.device = device
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._kernel_peak = False
-
-    def start(self) -> MemoryMonitor:
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-            return self
-        import psutil
-
-        self._process = psutil.Process()
-        self._kernel_peak = _reset_peak_rss()
-        self.baseline = self.peak = self._process.memory_info().rss
-        if not self._kernel_peak:
-            self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def stop(self) -> PeakMemory:
-        if self.device == "cuda":
-            import torch
-
-            return PeakMemory(
-                device="cuda",
-                measures="torch.cuda.max_memory_allocated / max_memory_reserved since run start",
-                allocated_bytes=torch.cuda.max_memory_allocated(),
-                reserved_bytes=torch.cuda.max_memory_reserved(),
-            )
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        peak = _peak_rss() if self._kernel_peak else None
-        self.peak = max(self.peak, peak or 0, self._process.memory_info().rss)
-        how = (
-            "the kernel's high-water mark (VmHWM), reset at run start"
-            if peak is not None
-            else f"sampled every {self.interval_s * 1000:.0f} ms"
-        )
-        return PeakMemory(
-            device=self.device,
-            measures=f"process RSS growth over its value at run start; peak: {how}",
-            rss_baseline_bytes=self.baseline,
-            rss_peak_bytes=self.peak,
-            rss_growth_bytes=self.peak - self.baseline,
-        )
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux 4.0+); False where it can't."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return False
-    return _peak_rss() is not None
-
-
-def _peak_rss() -> int | None:
-    """The process's peak RSS in bytes since the last reset (VmHWM), or None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's contents (a directory: its entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def seal_checkpoint(
-    directory: Path, step: int, before_rename: Callable[[], None] | None = None
-) -> None:
-    """Mark a checkpoint the Trainer has finished writing as complete, crash-safely.
-
-    Every file under `directory` and every directory in it are fsynced first, so the marker
-    can never reach the disk before the data it vouches for (a power cut after a rename
-    but before the data blocks would otherwise leave a "complete" checkpoint of zeros). The
-    marker is then written to a temporary name, fsynced, renamed into place (atomic on
-    POSIX: it exists whole or not at all), and the directory and its parent are fsynced so
-    the rename itself is durable. Cost: the save waits until what the Trainer just wrote
-    is on the disk (the page cache would write it back later anyway), plus one fsync per
-    directory. `before_rename` runs between the temporary file and the rename (a
-    fault-injection point for the reliability tests).
-    """
-    skip = {CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP}
-    files: dict[str, int] = {}
-    folders = [directory]
-    for path in sorted(directory.rglob("*")):
-        if path.is_symlink() or path.name in skip:
-            continue
-        if path.is_dir():
-            folders.append(path)
-        elif path.is_file():
-            _fsync(path)
-            files[path.relative_to(directory).as_posix()] = path.stat().st_size
-    for folder in reversed(folders):  # deepest first: entries before the folder naming them
-        _fsync(folder)
-    tmp = directory / CHECKPOINT_MARKER_TMP
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump({"step": step, "files": files}, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, directory / CHECKPOINT_MARKER)
-    _fsync(directory)
-    _fsync(directory.parent)
-
-
-def unseal_checkpoint(directory: Path) -> None:
-    """Remove the marker before a checkpoint directory is written again (a resumed run
-    reaching the step of a checkpoint left behind): until it is sealed anew, it is not
-    complete."""
-    removed = False
-    for name in (CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP):
-        path = directory / name
-        if path.exists():
-            path.unlink()
-            removed = True
-    if removed:
-        _fsync(directory)
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint directory holds if it is complete (see the module docstring),
-    else None."""
-    try:
-        marker = json.loads((path / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
-        listed = marker["files"]
-        if not all(name in listed for name in CHECKPOINT_FILES):
-            return None
-        for name, size in listed.items():
-            if (path / name).stat().st_size != size:
-                return None
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        return int(state.get("global_step", marker["step"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        # no marker, a listed file gone, or a file that does not parse
-        return None
-
-
-def find_resumable_checkpoint(checkpoints_dir: Path) -> tuple[Path | None, int, list[Path]]:
-    """The newest complete `checkpoint-<step>` in `checkpoints_dir` as (path, step), or
-    (None, 0), plus the incomplete ones newer than it."""
-    candidates = []
-    if checkpoints_dir.is_dir():
-        for path in checkpoints_dir.glob("checkpoint-*"):
-            suffix = path.name.removeprefix("checkpoint-")
-            if path.is_dir() and suffix.isdigit():
-                candidates.append((int(suffix), path))
-    skipped = []
-    for _, path in sorted(candidates, reverse=True):
-        step = checkpoint_step(path)
-        if step is not None:
-            return path, step, skipped
-        skipped.append(path)
-    return None, 0, skipped
+    # What a cancelled run kept as the job's artifacts (worker.cancelled.keep).
+    kept: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +149,7 @@ def _make_callback(hooks: TrainingHooks):
 
         def __init__(self) -> None:
             self.cancelled_at: int | None = None
+            self.paused = False
             self.started = 0.0
             self.elapsed = 0.0
             self.first_step = 0
@@ -385,6 +170,8 @@ def _make_callback(hooks: TrainingHooks):
             if self.cancelled_at is None and hooks.should_stop(step_end=step_end):
                 self.cancelled_at = state.global_step
                 control.should_training_stop = True
+                if step_end and hooks.checkpoint_on_stop():
+                    self.paused = control.should_save = True  # saved before the Trainer stops
 
         def on_substep_end(self, args, state, control, **kwargs):
             self._check_stop(state, control, step_end=False)
@@ -393,6 +180,19 @@ def _make_callback(hooks: TrainingHooks):
             self._check_stop(state, control, step_end=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "eval_loss" in logs:  # an evaluation every eval_steps (full set)
+                value = float(logs["eval_loss"])
+                hooks.on_event(
+                    "metrics",
+                    {
+                        "step": state.global_step,
+                        "total_steps": state.max_steps,
+                        "eval_loss": value,
+                        "valid_loss": value,
+                        "full_valid_loss": value,
+                        "message": f"step {state.global_step} validation loss {value:.4f}",
+                    },
+                )
             if not logs or "loss" not in logs:
                 return
             elapsed = time.perf_counter() - self.started
@@ -414,29 +214,29 @@ def _make_callback(hooks: TrainingHooks):
     return HooksCallback()
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+class RunFailure(BaseModel):
+    """What a run that raised had reached: the peak memory measured from its start to the
+    error (as `TrainingResult.peak_memory` measures it), and the optimizer steps done (counting
+    those before a resume; None when it failed before its Trainer existed)."""
+
+    peak: PeakMemory
+    steps: int | None = None
 
 
-def _fault_point(output_dir: str | Path, point: str) -> None:
-    """``LORACLE_FAULT_KILL_IN_CHECKPOINT=N[:point]``: SIGKILL the process at `point` of
-    writing checkpoint N, once per run directory. Points: ``mid-write`` (the default: adapter,
-    optimizer and scheduler written; RNG and trainer state not yet) and ``before-marker``
-    (everything the Trainer writes is on disk and the temporary marker too, but it is not
-    renamed into place). Test-only; unset in production."""
-    value = os.environ.get("LORACLE_FAULT_KILL_IN_CHECKPOINT")
-    if not value:
-        return
-    target, _, at = value.partition(":")
-    done = Path(output_dir).with_name(".fault-injected")
-    if (
-        Path(output_dir).name == f"checkpoint-{target}"
-        and (at or "mid-write") == point
-        and not done.exists()
-    ):
-        done.touch()
-        os.kill(os.getpid(), signal.SIGKILL)
+_FAILURE_ATTRIBUTE = "loracle_run_failure"
+
+
+def _note_failure(exc: BaseException, failure: RunFailure) -> None:
+    # On the exception itself: the run's locals are gone by the time a caller catches it.
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _FAILURE_ATTRIBUTE, failure)
+
+
+def failure_of(exc: BaseException) -> RunFailure | None:
+    """The `RunFailure` of an error `run_training` raised, or None for any other error (one
+    raised before the run's memory monitor started)."""
+    found = getattr(exc, _FAILURE_ATTRIBUTE, None)
+    return found if isinstance(found, RunFailure) else None
 
 
 def _ensure_owner(hooks: TrainingHooks, what: str) -> None:
@@ -444,93 +244,9 @@ def _ensure_owner(hooks: TrainingHooks, what: str) -> None:
         raise LeaseLost(f"another process owns this run now; {what} not written")
 
 
-def _trainer_class(trainer: type, hooks: TrainingHooks) -> type:
-    """The Trainer, with checkpoints sealed by a completion marker (see the module
-    docstring), written only while this process owns the run (`hooks.owns_run`), and the
-    fault-injection points of `_fault_point`."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-
-    class LoracleTrainer(trainer):  # type: ignore[misc, valid-type]
-        def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            run_dir = Path(self._get_output_dir(trial=trial))
-            folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            # A process that lost its lease (paused past it) must not unseal, overwrite or
-            # rotate away the checkpoints of the process that took the job over.
-            _ensure_owner(hooks, folder.name)
-            if self.args.should_save and folder.is_dir():
-                unseal_checkpoint(folder)
-            # The Trainer rotates old checkpoints out at the end of its save; that must wait
-            # for the seal, or with checkpoint_limit=1 a crash between the two would leave no
-            # complete checkpoint at all (and with any limit, an old checkpoint could be
-            # deleted before the new one's data is on the disk). So its rotation is off
-            # during the save, and done here after the seal, with the Trainer's arguments.
-            limit = self.args.save_total_limit
-            self.args.save_total_limit = None
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.save_total_limit = limit
-            if not self.args.should_save:  # not the saving process (distributed runs)
-                return
-            _ensure_owner(hooks, f"the seal of {folder.name}")
-            seal_checkpoint(
-                folder,
-                self.state.global_step,
-                before_rename=lambda: _fault_point(folder, "before-marker"),
-            )
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-
-        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-            super()._save_optimizer_and_scheduler(output_dir)
-            _fault_point(output_dir, "mid-write")
-
-    return LoracleTrainer
-
-
-def _training_arguments(plan: TrainingPlan, device: str, checkpoints_dir: Path):
-    from transformers import TrainingArguments
-
-    scheduler = plan.lr_scheduler
-    if scheduler == "constant" and plan.warmup_ratio > 0:
-        scheduler = "constant_with_warmup"
-    return TrainingArguments(
-        output_dir=str(checkpoints_dir),
-        num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps or -1,
-        per_device_train_batch_size=plan.micro_batch_size,
-        per_device_eval_batch_size=plan.micro_batch_size,
-        gradient_accumulation_steps=plan.gradient_accumulation_steps,
-        learning_rate=plan.learning_rate,
-        lr_scheduler_type=scheduler,
-        warmup_steps=plan.warmup_ratio,  # below 1: a fraction of the total steps
-        optim=modeling.TRAINER_OPTIM[plan.optimizer],
-        bf16=plan.precision == "bf16",
-        fp16=plan.precision == "fp16",
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="steps" if plan.checkpoint_steps else "no",
-        save_steps=plan.checkpoint_steps or 500,
-        save_total_limit=plan.checkpoint_limit,
-        logging_strategy="steps",
-        logging_steps=plan.logging_steps,
-        eval_strategy="no",
-        seed=plan.seed,
-        data_seed=plan.seed,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        # Tokenized examples are in memory; worker processes would only add start-up time.
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
-        remove_unused_columns=False,
-        # Counts attention_mask.sum() per micro-batch: a device-to-host sync each time.
-        include_num_input_tokens_seen="non_padding",
-    )
+# ---------------------------------------------------------------------------------------------
+# The record
+# ---------------------------------------------------------------------------------------------
 
 
 def base_layer_types(model: Any) -> dict[str, int]:
@@ -571,17 +287,37 @@ def optimizer_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
     return groups
 
 
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_fallback_message(requested: str, precision: str, estimate: dict[str, Any]) -> str:
+    """The warning of a job whose estimate is for a CUDA card and that runs on the CPU."""
+    asked = f" (the plan asked for {requested})" if requested not in ("auto", precision) else ""
+    return (
+        f"no CUDA GPU on this worker: the job runs on the CPU in {precision}{asked}. Its "
+        f"memory estimate ({estimate.get('total_gib', 0):.3g} GiB) is for a CUDA card; what "
+        "is measured here is the process's resident set growth, another quantity, so the two "
+        "are reported side by side and not compared"
+    )
+
+
 def run_training(
     plan: TrainingPlan, hooks: TrainingHooks | None = None, resume: bool = True
 ) -> TrainingResult:
     """Run one plan to the end (or to a cancel) and return what happened.
 
     Raises `DataFileError` for unusable data, `ModelSourceError` for a refused model, and lets
-    library errors (out of memory, a broken checkpoint) propagate: the caller records them.
+    library errors (out of memory, a broken checkpoint) propagate: the caller records them
+    (and retries an out-of-memory error, `worker.oom`). An error raised once the run started
+    carries its `RunFailure` (`failure_of`): the peak memory up to the error and the step.
     """
     import transformers
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
+
+    from worker import distributed
 
     hooks = hooks or TrainingHooks()
     warnings: list[str] = []
@@ -595,13 +331,16 @@ def run_training(
     plan, fallbacks = modeling.resolve_plan(plan, device)
     for message in fallbacks:
         warn(message)
+    if device == "cpu" and plan.estimate is not None:
+        warn(cpu_fallback_message(requested.precision, plan.precision, plan.estimate))
     output_dir = plan.output_dir
-    checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
+    checkpoints_dir = output_dir / checkpoints.CHECKPOINTS_DIRNAME
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resume and checkpoints_dir.exists():
         shutil.rmtree(checkpoints_dir)
 
-    monitor = MemoryMonitor(device).start()
+    monitor = MemoryMonitor(device, precision=plan.precision).start()
+    trainer = None
     try:
         # Seeds the adapter initialization (lora_A is random) before the model is built.
         transformers.set_seed(plan.seed)
@@ -623,14 +362,16 @@ def run_training(
         )
 
         callback = _make_callback(hooks)
-        trainer = _trainer_class(Trainer, hooks)(
+        trainer = checkpoints.sealing_trainer(Trainer, partial(_ensure_owner, hooks))(
             model=model,
-            args=_training_arguments(plan, device, checkpoints_dir),
+            args=recipe.training_arguments(
+                plan, device, checkpoints_dir, **distributed.trainer_arguments(plan, device)
+            ),
             train_dataset=train.examples,
             eval_dataset=evaluation,
             data_collator=data.PadCollator(tokenizer.pad_token_id),
-            optimizers=(modeling.build_optimizer(model, plan), None),
-            callbacks=[callback],
+            optimizers=(recipe.build_optimizer(model, plan), None),
+            callbacks=[callback, *faults.oom_callbacks(plan)],
         )
         # With tqdm off the Trainer prints every log dict to stdout; the hooks report instead.
         trainer.remove_callback(PrinterCallback)
@@ -640,6 +381,7 @@ def run_training(
             {
                 "device": device,
                 "precision": plan.precision,
+                "run": monitor.run_device.model_dump() if monitor.run_device else None,
                 "optimizer": plan.optimizer,
                 "variant": plan.variant,
                 "combine_with": plan.combine_with,
@@ -650,7 +392,7 @@ def run_training(
             },
         )
         checkpoint, resumed_from, incomplete = (
-            find_resumable_checkpoint(checkpoints_dir) if resume else (None, 0, [])
+            checkpoints.find_resumable_checkpoint(checkpoints_dir) if resume else (None, 0, [])
         )
         for path in incomplete:
             warn(f"checkpoint: {path.name} is incomplete (interrupted write) and was skipped")
@@ -661,8 +403,11 @@ def run_training(
         eval_loss = None
         if evaluation and callback.cancelled_at is None:
             eval_loss = float(trainer.evaluate()["eval_loss"])
-    finally:
-        peak = monitor.stop()
+    except BaseException as exc:
+        steps = trainer.state.global_step if trainer is not None else None
+        _note_failure(exc, RunFailure(peak=monitor.stop(), steps=steps))
+        raise
+    peak = monitor.stop()
 
     state = trainer.state
     losses = [
@@ -677,7 +422,9 @@ def run_training(
     ]
     tokens = callback.session_tokens(state)
     result = TrainingResult(
-        status="cancelled" if callback.cancelled_at is not None else "succeeded",
+        status="succeeded"
+        if callback.cancelled_at is None
+        else ("stopped" if callback.paused else "cancelled"),
         steps=state.global_step,
         total_steps=state.max_steps,
         final_loss=losses[-1].loss if losses else None,
@@ -696,24 +443,54 @@ def run_training(
         warnings=warnings,
         artifacts={"checkpoints_dir": str(checkpoints_dir)},
     )
+    if result.status == "stopped":
+        hooks.on_event(result.status, {"step": result.steps})
+        return result
+
+    # Several ranks (worker.distributed): all join an FSDP gather, and rank 0 alone writes
+    # (a cancelled run's partial adapter as much as a finished run's).
+    adapter_state = distributed.full_adapter_state(trainer)
+    if not distributed.is_writer(trainer):
+        return result
+    metrics = result.model_dump(mode="json", exclude={"artifacts", "kept"})
+    metrics["estimate"] = plan.estimate
+    metrics["optimizer_groups"] = optimizer_groups(trainer.optimizer, model)
+    record = artifacts.plan_record(plan, requested=requested, device=device, warnings=warnings)
+    logged_steps, logged_losses = [e.step for e in losses], [e.loss for e in losses]
     if result.status == "cancelled":
-        hooks.on_event("cancelled", {"step": result.steps})
+        _ensure_owner(hooks, "what the cancelled run keeps")
+        result.kept = cancelled.keep(
+            model,
+            output_dir,
+            checkpoints_dir,
+            step=result.steps,
+            plan=record,
+            metrics=metrics,
+            steps=logged_steps,
+            losses=logged_losses,
+        )
+        hooks.on_event("cancelled", {"step": result.steps, **result.kept})
         return result
 
     result.artifacts.update(artifacts.artifact_paths(output_dir))
-    metrics = result.model_dump(mode="json", exclude={"artifacts"})
-    metrics["estimate"] = plan.estimate
-    metrics["optimizer_groups"] = optimizer_groups(trainer.optimizer, model)
     _ensure_owner(hooks, "the adapter")
     artifacts.write_adapter(
         model,
         output_dir,
-        plan=artifacts.plan_record(plan, requested=requested, device=device, warnings=warnings),
+        plan=record,
         metrics=metrics,
-        steps=[entry.step for entry in losses],
-        losses=[entry.loss for entry in losses],
+        steps=logged_steps,
+        losses=logged_losses,
+        state_dict=adapter_state,
     )
+    # eval_loss too: a page following the job's events draws the validation point from here.
     hooks.on_event(
-        "finished", {"step": result.steps, "final_loss": result.final_loss, **result.artifacts}
+        "finished",
+        {
+            "step": result.steps,
+            "final_loss": result.final_loss,
+            "eval_loss": result.eval_loss,
+            **result.artifacts,
+        },
     )
     return result

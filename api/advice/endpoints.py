@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from advisor.profile import EstimateRequest, Profile
 from api.advice import service
-from api.advice.schemas import EstimateResponse, RecommendationOut
+from api.advice.schemas import EstimateAnswer, Recommendation
 from api.schemas import error_responses, request_body
-from api.security import check_key, get_owner
+from api.security import BEARER_SECURITY, check_key, get_owner
 
 router = APIRouter(prefix="/v1", tags=["advice"], responses=error_responses(401, 413, 422))
 
@@ -31,10 +31,10 @@ def install(app: FastAPI) -> None:
         create_recommendation,
         methods=["POST"],
         tags=["advice"],
-        response_model=RecommendationOut,
+        response_model=Recommendation,
         responses=error_responses(401, 413, 422),
         summary="Which LoRA variant to use, whether it fits, and with what settings",
-        openapi_extra={"requestBody": request_body(Profile)},
+        openapi_extra={"requestBody": request_body(Profile), "security": BEARER_SECURITY},
     )
     app.include_router(router)
 
@@ -57,7 +57,7 @@ async def create_recommendation(request: Request) -> Any:
 @router.post(
     "/estimates",
     dependencies=[Depends(get_owner)],
-    response_model=EstimateResponse,
+    response_model=EstimateAnswer,
     responses=error_responses(422),
     summary="GPU memory of one variant (or combination) for a model and training settings",
 )

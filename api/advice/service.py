@@ -5,7 +5,7 @@ catalogs and the memory model are fixed for a running process), and many users a
 the same popular model and card. A bounded LRU of serialised answers turns a repeated
 question into a dictionary lookup.
 
-Traced estimates (`method: "trace"`) need torch: `TraceRunner` runs `python -m worker trace`
+Traced estimates (`method: "trace"`) need torch: `TraceRunner` runs `python -m memtrace`
 in a subprocess with a time limit and caches its answers in memory and under
 `$LORACLE_DATA_DIR/trace-cache/`, keyed by the request and the versions of torch,
 transformers, peft and bitsandbytes. A trace that fails or overruns answers 422 naming the
@@ -15,7 +15,6 @@ field to change.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from advisor.decide import estimate_only, recommend
 from advisor.profile import EstimateRequest, Profile
 from api.deps import SettingsDep
 from loracle.settings import Settings
-from worker.memtrace.runner import TraceRunner, traced_estimate
+from memtrace.runner import TraceRunner, traced_estimate
 
 # A bound in bytes, not entries: an answer is 5-8 KB, but a request may be up to the body
 # limit (model.config accepts any keys), and caches keyed by the raw request could hold
@@ -76,14 +75,9 @@ _bodies = AnswerCache()  # by raw request body, in front of the one above
 _estimates = AnswerCache()
 
 
-def _dumps(answer: dict[str, object]) -> bytes:
-    # allow_nan=False: a NaN in an answer is a bug to see, never invalid JSON to send.
-    return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
-
-
 def recommendation_json(profile: Profile) -> bytes:
     key = profile.model_dump_json().encode()
-    return _recommendations.get(key, lambda: _dumps(recommend(profile)))
+    return _recommendations.get(key, lambda: recommend(profile).model_dump_json().encode())
 
 
 def _recommendation_of_body(body: bytes) -> bytes:
@@ -105,7 +99,7 @@ def recommendation_for_body(body: bytes) -> bytes:
 
 def estimate_json(request: EstimateRequest) -> bytes:
     key = request.model_dump_json().encode()
-    return _estimates.get(key, lambda: _dumps(estimate_only(request)))
+    return _estimates.get(key, lambda: estimate_only(request).model_dump_json().encode())
 
 
 # -- traced estimates -------------------------------------------------------------------
@@ -133,4 +127,4 @@ TraceRunnerDep = Annotated[TraceRunner, Depends(get_trace_runner)]
 
 
 def trace_estimate_json(request: EstimateRequest, runner: TraceRunner) -> bytes:
-    return _dumps(traced_estimate(request, runner))
+    return traced_estimate(request, runner).model_dump_json().encode()

@@ -15,11 +15,11 @@ from advisor.errors import Problem
 from api import idempotency
 from api.errors import ApiError
 from api.paths import check_plain_name
+from loracle.errors import DataFileError
+from loracle.jsonl import inspect_jsonl
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.models import FileRow
-from worker.data import inspect_jsonl
-from worker.errors import DataFileError
 
 CHUNK = 1 << 20
 
@@ -36,7 +36,24 @@ def file_out(row: FileRow) -> dict[str, Any]:
         "sha256": row.sha256,
         "created_at": int(row.created_at.timestamp()),
         "token_stats": row.token_stats or {},
+        "status": "processed",
+        "expires_at": None,
     }
+
+
+def content_path(settings: Settings, row: FileRow, must_exist: bool = True) -> Path:
+    """Where a file's bytes are: an upload under the data directory, or a job's result
+    artifact (`<job id>/<name>`, served from the job's artifacts)."""
+    if row.purpose == store.RESULTS_PURPOSE:
+        job_id, _, name = row.path.partition("/")
+        path = Path(settings.data_dir) / "jobs" / job_id / "adapter" / name
+    else:
+        path = Path(row.path)
+    if must_exist and not path.is_file():
+        raise ApiError(
+            404, "not_found", f"file {row.id}'s bytes are gone from the file store ({row.path})"
+        )
+    return path
 
 
 async def save_upload(

@@ -1,6 +1,6 @@
 """From run records to the figures of each claim. Pure: lists and dicts in, dicts out.
 
-A run record (see `bench.evidence.main`) holds `key` (the variant combination, e.g.
+A run record (see `bench.evidence.pipeline`) holds `key` (the variant combination, e.g.
 `qlora+loraplus`), `learning_rate`, `seed`, `evals` (held-out metrics by step, step 0 first)
 and the run's timings and sizes.
 
@@ -35,6 +35,11 @@ def spread(values: Iterable[float | None]) -> dict[str, Any]:
         "max": max(xs),
         "n": len(xs),
     }
+
+
+def mean(block: dict[str, Any] | None) -> float | None:
+    """The mean of a `spread`, None when there is no figure."""
+    return None if not block else block.get("mean")
 
 
 def final(run: dict[str, Any]) -> dict[str, float]:

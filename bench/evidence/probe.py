@@ -5,7 +5,7 @@ process's resident set over its value at the start of the run. In a process that
 a training run, freed memory stays with the allocator and the next run's growth reads near
 zero; a fresh process per variant starts every measurement from the same place (Python,
 torch, transformers and peft imported, nothing trained). The benchmark spawns each probe in
-a fresh interpreter (`bench.evidence._probe_all`), as the command below does.
+a fresh interpreter (`bench.evidence.pipeline._probe_all`), as the command below does.
 
 `python -m bench.evidence.probe PLAN HELD_OUT_TEXTS` prints one JSON object: the worker's
 `peak_memory`, the bytes of the model's tensors as built by the worker (`runs.tensor_bytes`),
@@ -38,7 +38,7 @@ def probe(plan_path: Path, held_out_path: Path) -> dict:
     """`held_out_path`: a JSON list of the base's held-out files' texts (read once by the
     benchmark rather than once per probe)."""
     from bench.evidence.runs import capture_model, tensor_bytes
-    from worker.plan import load_plan
+    from loracle.plan import load_plan
     from worker.training import run_training
 
     plan = load_plan(plan_path)

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loracle.plan import TrainingPlan
 from worker import modeling
-from worker.plan import TrainingPlan
 from worker.training import TrainingHooks, run_training
 
 
@@ -197,7 +197,7 @@ class _LazyEvalHooks(EvalHooks):
 def make_plan(
     model_dir: Path, task: dict[str, Any], output_dir: Path, **fields: Any
 ) -> TrainingPlan:
-    from worker.plan import load_plan
+    from loracle.plan import load_plan
 
     return load_plan(
         {

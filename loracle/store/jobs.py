@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from loracle.store import webhooks
 from loracle.store.models import EventRow, FileRow, JobRow, now
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -24,7 +25,9 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "failed",
     "cancelled",
 )
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# Paused: checkpointed and off its card, until it is resumed (queued again).
+PAUSED = "paused"
+STATUSES = (QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
@@ -57,12 +60,49 @@ def add_file(s: Session, **fields: Any) -> FileRow:
 
 
 def get_file(s: Session, file_id: str, owner: str | None) -> FileRow | None:
-    return s.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.owner == owner))
+    """A file of `owner` that was not deleted."""
+    return s.scalar(
+        select(FileRow).where(
+            FileRow.id == file_id, FileRow.owner == owner, FileRow.deleted_at.is_(None)
+        )
+    )
 
 
-def list_files(s: Session, owner: str | None, limit: int) -> list[FileRow]:
-    q = select(FileRow).where(FileRow.owner == owner).order_by(FileRow.pk.desc()).limit(limit)
-    return list(s.scalars(q))
+def list_files(
+    s: Session,
+    owner: str | None,
+    limit: int,
+    after: str | None = None,
+    purpose: str | None = None,
+) -> tuple[list[FileRow], bool] | None:
+    """Newest first, `limit` of them after the file `after` (None when `after` is not one
+    of the owner's files), and whether there are more."""
+    where = [FileRow.owner == owner, FileRow.deleted_at.is_(None)]
+    if purpose is not None:
+        where.append(FileRow.purpose == purpose)
+    if after is not None:
+        cursor = s.scalar(select(FileRow.pk).where(FileRow.id == after, FileRow.owner == owner))
+        if cursor is None:
+            return None
+        where.append(FileRow.pk < cursor)
+    rows = list(
+        s.scalars(select(FileRow).where(*where).order_by(FileRow.pk.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def jobs_using_file(s: Session, file_id: str) -> list[str]:
+    """Queued or running jobs that will read the file."""
+    query = select(JobRow.id).where(
+        or_(JobRow.training_file == file_id, JobRow.validation_file == file_id),
+        JobRow.status.in_([QUEUED, RUNNING]),
+    )
+    return list(s.scalars(query))
+
+
+def delete_file(s: Session, row: FileRow) -> None:
+    row.deleted_at = now()
+    s.flush()
 
 
 # -- jobs -----------------------------------------------------------------------------
@@ -121,6 +161,9 @@ def add_event(
         level=level,
         created_at=created_at or now(),
     )
+    if type == "status" and data and data.get("status") in webhooks.JOB_EVENTS:
+        # The outbox, in the transaction of the status change.
+        webhooks.enqueue_for_job(s, job_id, str(data["status"]))
     s.add(row)
     s.flush()
     return row
@@ -136,7 +179,7 @@ def list_events(
     return rows[:limit], len(rows) > limit
 
 
-def _transition(
+def transition(
     s: Session, job_id: str, from_: Iterable[str], to: str, message: str = "", **values: Any
 ) -> bool:
     result = s.execute(
@@ -259,6 +302,84 @@ def finish(
     return CANCELLED
 
 
+def retry_elsewhere(
+    s: Session, job_id: str, token: int, max_attempts: int, error_type: str, message: str
+) -> str | None:
+    """End this attempt of a running job for a fault of the worker's surroundings (not the
+    job's own): back to the queue, unsent, for the dispatcher to send again (to whichever
+    worker of its queue takes it), or failed with `error_type` when it has used its
+    attempts, or cancelled when a cancel is pending. For the holder of `token` only; returns
+    the new status, or None when the lease was lost."""
+    row = s.execute(
+        select(JobRow.attempts, JobRow.cancel_requested_at).where(_owned(job_id, token))
+    ).one_or_none()
+    if row is None:
+        return None
+    attempts, cancel_at = row
+    stamp = now()
+    values: dict[str, Any]
+    if cancel_at is not None:
+        values = {"status": CANCELLED, "finished_at": stamp}
+        text, kind = f"cancelled after its attempt ended: {message}", "status"
+    elif attempts >= max_attempts:
+        values = {
+            "status": FAILED,
+            "finished_at": stamp,
+            "error_type": error_type,
+            "error_message": message,
+        }
+        text = f"failed: {message} (attempt {attempts} of max_attempts={max_attempts})"
+        kind = "status"
+    else:
+        values = {"status": QUEUED, "enqueued_at": None}
+        text = f"{error_type}: {message}; requeued for attempt {attempts + 1} of {max_attempts}"
+        kind = "requeued"
+    result = s.execute(
+        update(JobRow)
+        .where(_owned(job_id, token))
+        .values(lease_owner=None, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return None
+    data = {"status": values["status"], "error_type": error_type, "error_message": message}
+    add_event(s, job_id, kind, text, data, "warning")
+    return str(values["status"])
+
+
+def release(
+    s: Session,
+    job_id: str,
+    token: int,
+    message: str,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+) -> bool:
+    """running -> queued at once, for the holder of ``token`` that stops for its worker's
+    shutdown (worker/shutdown.py): the lease is released, so the next worker takes the job
+    without waiting for it to expire; the job is unmarked as sent, so the dispatcher sends it
+    again; and the attempt is given back, since a shutdown is no failure of the job (a job
+    stopped by every restart would otherwise run out of attempts and stay queued for good).
+    Not while a cancel is pending: the caller ends the job cancelled. Records a ``requeued``
+    event. True when released."""
+    result = s.execute(
+        update(JobRow)
+        .where(_owned(job_id, token), JobRow.cancel_requested_at.is_(None))
+        .values(
+            status=QUEUED,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            attempts=JobRow.attempts - 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return False
+    add_event(s, job_id, "requeued", message, {"status": QUEUED, **(data or {})}, level)
+    return True
+
+
 def reap(s: Session, max_attempts: int) -> list[tuple[str, str]]:
     """Jobs whose worker stopped heart-beating: back to the queue, failed when they
     have used their attempts, or cancelled when a cancel is pending. Returns
@@ -312,12 +433,12 @@ def request_cancel(s: Session, job: JobRow) -> str:
     """Cancel a job: a queued one ends now, a running one is flagged and its
     training loop stops at the next optimizer step. Returns the status after."""
     stamp = now()
-    if _transition(
+    if transition(
         s,
         job.id,
-        [QUEUED],
+        [QUEUED, PAUSED],
         CANCELLED,
-        "cancelled before it started",
+        "cancelled before it started" if job.status == QUEUED else "cancelled while paused",
         finished_at=stamp,
         cancel_requested_at=stamp,
     ):
@@ -337,18 +458,89 @@ def request_cancel(s: Session, job: JobRow) -> str:
 
 def run_state_query() -> Any:
     """The primary-key read a training loop makes at each optimizer step (bind ``job_id``);
-    `unpack_run_state` reads its row."""
-    return select(JobRow.cancel_requested_at, JobRow.status, JobRow.fencing_token).where(
-        JobRow.id == bindparam("job_id")
-    )
+    `unpack_run_state` and `pause_of` read its row."""
+    return select(
+        JobRow.cancel_requested_at,
+        JobRow.status,
+        JobRow.fencing_token,
+        JobRow.pause_requested_at,
+    ).where(JobRow.id == bindparam("job_id"))
 
 
 def unpack_run_state(row: Any, token: int) -> tuple[bool, bool]:
     """(cancel requested, lease still held with ``token``) from a `run_state_query` row."""
     if row is None:
         return False, False
-    cancel_at, status, fencing_token = row
+    cancel_at, status, fencing_token, _ = row
     return cancel_at is not None, status == RUNNING and fencing_token == token
+
+
+def pause_of(row: Any) -> bool:
+    """Whether a pause was asked for, from a `run_state_query` row."""
+    return row is not None and row[3] is not None
+
+
+def request_pause(s: Session, job: JobRow) -> str:
+    """Pause a job: a queued one is paused now; a running one is flagged, and its training
+    loop checkpoints at the end of the current optimizer step, leaves its card and ends
+    `paused` (`pause_stopped`). Returns the status after."""
+    stamp = now()
+    if transition(s, job.id, [QUEUED], PAUSED, "paused before it started", enqueued_at=None):
+        return PAUSED
+    result = s.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job.id,
+            JobRow.status == RUNNING,
+            JobRow.cancel_requested_at.is_(None),
+            JobRow.pause_requested_at.is_(None),
+        )
+        .values(pause_requested_at=stamp)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0):
+        add_event(s, job.id, "pause_requested", "pause requested; checkpointing at the next step")
+        return RUNNING
+    s.refresh(job)
+    return job.status
+
+
+def pause_stopped(s: Session, job_id: str, token: int, message: str, data: dict[str, Any]) -> bool:
+    """running -> paused, for the holder of ``token`` that stopped at a checkpoint because a
+    pause was asked for: the lease is released and the attempt given back, as at a shutdown
+    (`release`). Not while a cancel is pending. True when paused."""
+    result = s.execute(
+        update(JobRow)
+        .where(_owned(job_id, token), JobRow.cancel_requested_at.is_(None))
+        .values(
+            status=PAUSED,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            pause_requested_at=None,
+            attempts=JobRow.attempts - 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return False
+    add_event(s, job_id, "status", message, {"status": PAUSED, **data})
+    return True
+
+
+def resume(s: Session, job: JobRow) -> bool:
+    """paused -> queued, marked as being sent (the caller sends it, as at submission; a
+    failed send clears the mark and the dispatcher sends it): its worker resumes from the
+    checkpoint the pause wrote."""
+    return transition(
+        s,
+        job.id,
+        [PAUSED],
+        QUEUED,
+        "resumed: queued again, to continue from its last checkpoint",
+        enqueued_at=now(),
+        pause_requested_at=None,
+    )
 
 
 def update_progress(s: Session, job_id: str, token: int, **values: Any) -> bool:
@@ -360,3 +552,190 @@ def update_progress(s: Session, job_id: str, token: int, **values: Any) -> bool:
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+# -- sending to the broker ------------------------------------------------------------------
+# `enqueued_at` marks a queued job whose message was handed to the broker (loracle.dispatch).
+
+
+def mark_sent(s: Session, job_id: str) -> None:
+    s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=now()))
+
+
+def unmark_sent(s: Session, job_id: str, sent_before: datetime | None = None) -> bool:
+    """Clear a queued job's sent mark (only when it was set before ``sent_before``, if
+    given), so the dispatcher sends it again. True when a mark was cleared."""
+    where = [JobRow.id == job_id, JobRow.status == QUEUED]
+    if sent_before is not None:
+        where.append(JobRow.enqueued_at < sent_before)
+    result = s.execute(
+        update(JobRow)
+        .where(*where)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def unmark_all_sent(s: Session) -> None:
+    """Every queued job to be sent again (the broker lost its messages)."""
+    s.execute(update(JobRow).where(JobRow.status == QUEUED).values(enqueued_at=None))
+
+
+def queued_sent_before(s: Session, cutoff: datetime) -> list[str]:
+    return list(
+        s.scalars(select(JobRow.id).where(JobRow.status == QUEUED, JobRow.enqueued_at < cutoff))
+    )
+
+
+def unsent_queued(s: Session, limit: int) -> list[str]:
+    """Queued jobs placed on a queue but not handed to the broker, oldest first."""
+    return list(
+        s.scalars(
+            select(JobRow.id)
+            .where(JobRow.status == QUEUED, JobRow.enqueued_at.is_(None), JobRow.queue.isnot(None))
+            .order_by(JobRow.pk)
+            .limit(limit)
+        )
+    )
+
+
+def has_event(s: Session, job_id: str, type: str) -> bool:
+    return (
+        s.scalar(select(EventRow.pk).where(EventRow.job_id == job_id, EventRow.type == type))
+        is not None
+    )
+
+
+# -- data files' token statistics -------------------------------------------------------------
+
+
+def file_token_stats(s: Session, file_id: str) -> dict[str, Any]:
+    """The token statistics a file has recorded, by model."""
+    stats = s.scalar(select(FileRow.token_stats).where(FileRow.id == file_id))
+    return dict(stats or {})
+
+
+def record_token_stats(s: Session, file_id: str, model: str, stats: dict[str, float]) -> None:
+    row = s.scalars(select(FileRow).where(FileRow.id == file_id)).one()
+    row.token_stats = {**(row.token_stats or {}), model: stats}
+
+
+# -- placement -----------------------------------------------------------------------------
+
+
+def job_queue(s: Session, job_id: str) -> str | None:
+    """The broker queue a job is placed on; None while it waits for a fitting worker."""
+    return s.scalar(select(JobRow.queue).where(JobRow.id == job_id))
+
+
+def waiting_for_placement(s: Session, limit: int = 100) -> list[tuple[str, dict[str, Any] | None]]:
+    """Queued jobs without a queue (waiting for a fitting worker), oldest first, with their
+    stored placement."""
+    rows = s.execute(
+        select(JobRow.id, JobRow.placement)
+        .where(JobRow.status == QUEUED, JobRow.queue.is_(None))
+        .order_by(JobRow.pk)
+        .limit(limit)
+    )
+    return [(job_id, stored) for job_id, stored in rows]
+
+
+def set_placement(s: Session, job_id: str, record: dict[str, Any]) -> bool:
+    """Place a waiting job (it is sent at the dispatcher's next send); False when it was
+    placed, started or ended meanwhile."""
+    result = s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == QUEUED, JobRow.queue.is_(None))
+        .values(placement=record, queue=record["queue"], enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def running_jobs(s: Session) -> list[tuple[str, str | None]]:
+    """(job id, host:pid of the process training it) of every running job."""
+    query = select(JobRow.id, JobRow.worker).where(JobRow.status == RUNNING).order_by(JobRow.pk)
+    return [(job_id, worker) for job_id, worker in s.execute(query)]
+
+
+def measured_jobs(s: Session, limit: int = 10_000) -> list[Any]:
+    """The latest succeeded jobs with the columns calibration reads (loracle.calibration):
+    id, model, variant, combine_with, estimate, measured_peak."""
+    query = (
+        select(
+            JobRow.id,
+            JobRow.model,
+            JobRow.variant,
+            JobRow.combine_with,
+            JobRow.estimate,
+            JobRow.measured_peak,
+        )
+        .where(JobRow.status == SUCCEEDED)
+        .order_by(JobRow.pk.desc())
+        .limit(limit)
+    )
+    return list(s.execute(query))
+
+
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def add_result_file(
+    s: Session, job_id: str, name: str, size: int, sha256: str, owner: str | None
+) -> str:
+    """A file row for one of a job's result artifacts (OpenAI's `result_files`): its path is
+    `<job id>/<artifact name>`, which the API serves from the job's artifacts. Returns the
+    file id."""
+    file_id = new_id("file")
+    add_file(
+        s,
+        id=file_id,
+        owner=owner,
+        filename=name,
+        purpose=RESULTS_PURPOSE,
+        bytes=size,
+        rows=0,
+        format="json",
+        sha256=sha256,
+        path=f"{job_id}/{name}",
+    )
+    return file_id
+
+
+def events_of_type(s: Session, job_id: str, types: list[str]) -> list[EventRow]:
+    """A job's events of these types, oldest first."""
+    query = (
+        select(EventRow)
+        .where(EventRow.job_id == job_id, EventRow.type.in_(types))
+        .order_by(EventRow.pk)
+    )
+    return list(s.scalars(query))
+
+
+# -- merges ---------------------------------------------------------------------------------
+# A merge of a succeeded job's adapter into its base is recorded as the job's events, in this
+# order: `merge_requested` (the API; data: into_model_root, dtype), `merge_started` (the
+# worker), then `merged` (data: path, bytes, files, dtype, model_root_path...) or
+# `merge_failed` (data: error code, message). The newest of them is the merge's state.
+MERGE_REQUESTED, MERGE_STARTED, MERGED, MERGE_FAILED = (
+    "merge_requested",
+    "merge_started",
+    "merged",
+    "merge_failed",
+)
+MERGE_EVENTS = [MERGE_REQUESTED, MERGE_STARTED, MERGED, MERGE_FAILED]
+MERGE_STATUS = {
+    MERGE_REQUESTED: "queued",
+    MERGE_STARTED: "running",
+    MERGED: "succeeded",
+    MERGE_FAILED: "failed",
+}
+
+
+def latest_merge_events(s: Session, job_id: str) -> list[EventRow]:
+    """The events of the job's newest merge, from its `merge_requested` on (oldest first);
+    empty when no merge was ever asked for."""
+    rows = events_of_type(s, job_id, MERGE_EVENTS)
+    starts = [i for i, row in enumerate(rows) if row.type == MERGE_REQUESTED]
+    return rows[starts[-1] :] if starts else []

@@ -68,6 +68,8 @@ class FileRow(Base):
     path: Mapped[str] = mapped_column(Text)
     token_stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    # Deleted through the API: the bytes are gone, the row stays for the jobs that name it.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobRow(Base):
@@ -100,6 +102,7 @@ class JobRow(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pause_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -111,6 +114,19 @@ class JobRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     fencing_token: Mapped[int] = mapped_column(Integer, default=0)
     cancel_outcome: Mapped[str | None] = mapped_column(Text)
+    # Fleet placement (loracle.placement): the cards the job asked for, where it was placed
+    # (card class, estimate, margin, why) and the broker queue that carries it; no queue yet
+    # while it waits for a fitting worker to register.
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(128))
+    # OpenAI's fine-tuning fields (migration 0003): the suffix, metadata and method as
+    # submitted, the tokens trained on, and the result files (the metrics file's file id).
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    method: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
     __table_args__ = (Index("ix_jobs_owner_pk", "owner", "pk"),)
 
@@ -141,3 +157,56 @@ class IdempotencyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
 
     __table_args__ = (UniqueConstraint("owner", "scope", "key", name="uq_idempotency"),)
+
+
+class WorkerRow(Base):
+    """A running worker and its cards, kept alive by its heartbeat (loracle.store.workers)."""
+
+    __tablename__ = "workers"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    card_class: Mapped[str] = mapped_column(String(128), index=True)
+    cards: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    device: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(64))
+    concurrency: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class WebhookEndpointRow(Base):
+    """Where a key wants its jobs' outcomes sent (loracle.webhooks), with the secret that
+    signs each delivery."""
+
+    __tablename__ = "webhook_endpoints"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+
+
+class WebhookDeliveryRow(Base):
+    """The outbox: one event for one endpoint, written in the transaction that changed the
+    job's status, sent until the endpoint takes it (at least once, same id every try)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
+    endpoint_id: Mapped[str] = mapped_column(String(40), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)

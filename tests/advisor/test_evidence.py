@@ -58,7 +58,7 @@ def advise(priority: str, memory: float = 80.0) -> dict:
                 "goal": {"priority": priority},
             }
         )
-    )
+    ).model_dump(mode="json")
 
 
 @pytest.fixture
@@ -74,17 +74,41 @@ def evidence_file(tmp_path, monkeypatch):
     return write
 
 
+def measured(notes: list[dict]) -> list[str]:
+    """The texts of the notes with loracle's own figures."""
+    return [n["text"] for n in notes if n["source"].startswith("loracle measured")]
+
+
 def test_notes_cite_measured_figures_beside_the_papers(evidence_file):
     evidence_file(SAMPLE)
     notes = advise("none")["notes"]
-    text = " ".join(notes)
-    assert "arXiv:2402.12354" in text  # the paper's figure stays
-    measured = [n for n in notes if n.startswith("loracle measured")]
-    assert len(measured) == 4  # QLoRA, DoRA, LoRA+ and, for a LoRA answer, LoRA
-    assert any("1.80x ± 0.20x sooner at the same learning rate" in n for n in measured)
-    assert any("published: the target quality about 1.5-2x sooner" in n for n in measured)
-    assert any("6.8 GB against 16.9 GB" in n for n in measured)
-    assert all("150 steps, 2026-01-02" in n for n in measured)
+    assert any("arXiv:2402.12354" in n["source"] for n in notes)  # the paper's figure stays
+    ours = measured(notes)
+    # QLoRA, DoRA, LoRA+ and, for a LoRA answer, LoRA; QLoRA's figures one note each
+    for subject in ("QLoRA", "DoRA", "LoRA+", "LoRA's held-out loss"):
+        assert any(n.startswith(subject) for n in ours), subject
+    assert sum(n.startswith("QLoRA") for n in ours) == 4
+    assert any("1.80x ± 0.20x sooner at the same learning rate" in n for n in ours)
+    assert any("6.8 GB against 16.9 GB" in n for n in ours)
+    assert all(
+        "150 steps, 2026-01-02" in n["source"]
+        for n in notes
+        if n["source"].startswith("loracle measured")
+    )
+    # Each published claim with its verdict, in a note of its own that names both sources.
+    claim = next(n for n in notes if "the target quality about 1.5-2x sooner" in n["text"])
+    assert claim["text"].startswith("LoRA+: at loracle's scale the published claim")
+    assert "reproduces" in claim["text"] and "arXiv:2402.12354" in claim["source"]
+    assert "BENCHMARKS.md" in claim["source"]
+
+
+def test_notes_are_short_items_each_with_its_source(evidence_file):
+    evidence_file(SAMPLE)
+    for priority in ("none", "memory", "quality", "speed"):
+        for note in advise(priority, memory=12.0)["notes"]:
+            assert set(note) == {"text", "source"}
+            assert len(note["text"]) <= 260, note
+            assert note["text"].endswith(".") and note["source"], note
 
 
 def test_the_deciding_question_cites_the_measured_figure(evidence_file):
@@ -101,7 +125,9 @@ def test_a_combination_gets_its_own_measured_note(evidence_file):
     evidence_file(SAMPLE)
     answer = advise("speed", memory=12.0)
     assert (answer["variant"], answer["combine_with"]) == ("qlora", ["loraplus"])
-    assert any("QLoRA + LoRA+ reached QLoRA's final held-out loss" in n for n in answer["notes"])
+    assert any(
+        "QLoRA + LoRA+ reached QLoRA's final held-out loss" in n for n in measured(answer["notes"])
+    )
 
 
 @pytest.mark.parametrize("content", [None, "{not json", json.dumps({**SAMPLE, "schema": 99})])
@@ -110,7 +136,7 @@ def test_advice_works_without_usable_evidence(evidence_file, tmp_path, content):
         evidence_file(content)
     answer = advise("memory")
     assert answer["variant"] == "qlora"
-    assert not any("loracle measured" in n for n in answer["notes"])
+    assert not measured(answer["notes"])
     assert all("loracle measured" not in s["evidence"] for s in answer["decision_path"])
 
 
@@ -118,8 +144,9 @@ def test_a_missing_figure_drops_only_its_sentence(evidence_file):
     partial = json.loads(json.dumps(SAMPLE))
     del partial["dora"]["step_time_pct"]
     evidence_file(partial)
-    measured = [n for n in advise("none")["notes"] if n.startswith("loracle measured")]
-    assert len(measured) == 3 and not any("DoRA's" in n for n in measured)
+    ours = measured(advise("none")["notes"])
+    assert not any(n.startswith("DoRA") for n in ours)
+    assert any(n.startswith("QLoRA") for n in ours) and any(n.startswith("LoRA+") for n in ours)
 
 
 def test_loraplus_that_never_caught_up_at_loras_rate_says_so(evidence_file):
@@ -132,7 +159,7 @@ def test_loraplus_that_never_caught_up_at_loras_rate_says_so(evidence_file):
     data["qlora+loraplus"]["speedup_vs_qlora_best_lr"] = {"mean": 1.4, "std": 0.2}
     evidence_file(data)
     answer = advise("speed", memory=12.0)
-    text = " ".join(answer["notes"])
+    text = " ".join(n["text"] for n in answer["notes"])
     assert "1.30x ± 0.10x sooner with each at its best rate (LoRA 0.004, LoRA+ 0.0005)" in text
     assert "never did (0 of 3 seeds reached it): give LoRA+ a lower rate than LoRA's" in text
     assert "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.40x ± 0.20x sooner" in text
@@ -146,22 +173,24 @@ def test_the_published_evidence_file_is_readable_and_complete():
     assert data is not None, "advisor/data/evidence.json is missing or unreadable"
     for variant in ("qlora", "dora", "loraplus", "lora"):
         assert evidence.measured_evidence(variant, data)
-    notes = evidence.measured_notes("qlora", ("loraplus",), data) + evidence.measured_notes(
-        "qlora", ("dora",), data
-    )
-    assert len(notes) == 8
+    for combination in ("loraplus", "dora"):
+        notes = evidence.measured_notes("qlora", (combination,), data)
+        keys = {"QLoRA:", "DoRA", "LoRA+", f"QLoRA + {evidence.title_of(combination)}"}
+        for key in keys:
+            assert any(n.text.startswith(key) for n in notes), (combination, key)
+        assert all(n.source for n in notes)
 
 
 def test_qlora_note_cites_measured_step_time_and_survives_without_it(evidence_file):
     evidence_file(SAMPLE)
-    notes = advise("memory")["notes"]
-    assert any("steps took +60% ± 10% more CPU time than LoRA's" in n for n in notes)
+    ours = measured(advise("memory")["notes"])
+    assert "QLoRA: steps took +60% ± 10% more CPU time than LoRA's." in ours
     partial = json.loads(json.dumps(SAMPLE))
     del partial["qlora"]["step_time_pct"]
     evidence_file(partial)
-    measured = [n for n in advise("memory")["notes"] if n.startswith("loracle measured")]
-    qlora = [n for n in measured if "QLoRA's NF4 layers" in n]
-    assert len(qlora) == 1 and "steps took" not in qlora[0]
+    ours = measured(advise("memory")["notes"])
+    assert any("QLoRA's NF4 layers" in n for n in ours)
+    assert not any("steps took" in n for n in ours)
 
 
 def test_memory_becoming_binding_cites_qlora_and_the_kept_combination(evidence_file):
@@ -210,7 +239,7 @@ def test_combination_note_says_when_it_never_caught_up_at_the_same_rate(evidence
         "speedup_vs_qlora_best_lr": {"mean": 1.49, "std": 0.15},
     }
     evidence_file(data)
-    notes = " ".join(advise("speed", memory=12.0)["notes"])
+    notes = " ".join(n["text"] for n in advise("speed", memory=12.0)["notes"])
     assert (
         "QLoRA + LoRA+ reached QLoRA's final held-out loss 1.49x ± 0.15x sooner with LoRA+'s "
         "and LoRA's best rates; at QLoRA's learning rate it never did (0 of 3 seeds reached it)"

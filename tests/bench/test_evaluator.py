@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bench.evidence.task import Evaluator, write_task
+from loracle.plan import load_plan
 from tests.utils.builders import build_tiny_llama
 from worker import modeling
-from worker.plan import load_plan
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mode path"
 

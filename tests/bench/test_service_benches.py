@@ -39,3 +39,19 @@ def test_training_benchmark_runs_a_job_and_the_bare_script(tmp_path: Path):
     )
     assert 0 < written["submit_to_running_p50_s"] <= written["submit_to_running_p95_s"]
     assert figures["goal_ratio"] == 0.95
+
+
+def test_fleet_benchmark_places_every_job_on_a_class_that_holds_it(tmp_path: Path):
+    """Three CPU workers of two budgets and a small batch of mixed jobs: every job succeeds,
+    once, on a worker of the class it was placed on (the benchmark exits non-zero otherwise)."""
+    from bench import fleet
+
+    figures = fleet.main(["--jobs", "6", "--latency-jobs", "2", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "fleet.json").read_text())
+    assert written["jobs"] == 6
+    assert (written["failed"], written["ran_twice"], written["over_budget"]) == (0, 0, 0)
+    assert written["arrived_at_another_class"] == 0
+    # Two small jobs for each large one, and each kind to its class.
+    assert sorted(written["jobs_per_class"].values()) == [2, 4]
+    assert 0 < figures["placement_latency_p50_s"] <= figures["placement_latency_p95_s"]
+    assert written["throughput_jobs_per_min"] > 0

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from safetensors import safe_open
 
+from tests.utils.api import error_code
 from tests.utils.service import (
     Service,
     assert_adapter_changes_logits,
@@ -69,7 +70,7 @@ def test_job_trains_and_its_adapter_loads(
     job = finished[variant]
     assert job["status"] == "succeeded", (job, redis_service.log_tail())
     assert job["step"] == job["total_steps"] == FAST["max_steps"]
-    assert job["progress"] == 1.0 and job["measured_peak_gib"] > 0
+    assert job["progress"] == 1.0 and job["memory"]["measured"]["rss_growth_gib"] > 0
     assert job["estimated_peak_gib"] is not None
 
     adapter = _adapter_dir(redis_service, job["id"], tmp_path)
@@ -100,16 +101,35 @@ def test_succeeded_job_reports_times_loss_speed_and_memory(
     assert job["tokens_per_second"] > 0
     assert job["eta_seconds"] == 0 and job["progress"] == 1
     assert job["error"] is None
-    # the advisor's estimate beside the measured peak, both in GiB
+    # The advisor's estimate (for a CUDA card) beside what the CPU run measured, each named
+    # for what it is and not compared: a CPU run has no allocated peak to set beside it.
     assert job["estimated_peak_gib"] > 0
     assert job["estimated_peak_gib"] == job["estimate"]["peak_allocated_gib"]
-    assert job["measured_peak_gib"] > 0
-    peak = job["measured_peak"]
-    assert (peak.get("allocated_bytes") or peak.get("rss_growth_bytes") or 0) > 0, peak
+    memory = job["memory"]
+    assert memory["estimated_peak_allocated_gib"] == job["estimated_peak_gib"]
+    assert memory["estimated_total_gib"] == job["estimate"]["total_gib"]
+    assert memory["estimated_for"].startswith("a CUDA card, placed on class cpu-")
+    assert memory["comparable"] is False and "not compared" in memory["note"]
+    measured = memory["measured"]
+    assert measured["device"] == job["device"] == "cpu"
+    assert job["measured_peak_gib"] is None and measured["peak_allocated_gib"] is None
+    assert measured["rss_growth_gib"] > 0 and "RSS growth" in measured["measures"]
+    assert measured["device_total_gib"] > 1 and measured["device_name"] == job["device_name"]
+    assert job["precision"] == "fp32" == job["measured_peak"]["precision"]
+    assert {"torch", "transformers", "peft", "bitsandbytes", "python"} <= set(measured["libraries"])
+    # And the job said so while it ran: a warning event, the first thing a user sees.
+    warnings = [e["message"] for e in redis_service.events(job["id"]) if e["type"] == "warning"]
+    assert any(
+        m.startswith("no CUDA GPU on this worker: the job runs on the CPU in fp32")
+        for m in warnings
+    ), warnings
 
 
 def _assert_mid_run(job: dict[str, Any]) -> None:
     assert job["status"] == "running", job
+    # What it runs on is known from its start; what it measured, at its end.
+    assert job["device"] == "cpu" and job["precision"] == "fp32", job
+    assert job["memory"]["measured"]["measures"] is None
     assert 0 < job["step"] < job["total_steps"]
     assert 0 < job["progress"] < 1
     assert job["progress"] == pytest.approx(job["step"] / job["total_steps"], abs=1e-4)
@@ -361,7 +381,7 @@ def test_unknown_ids_404_and_missing_file_422(redis_service: Service, tiny_model
         assert c.post("/v1/jobs/job-nope/cancel").status_code == 404
         for path in ("artifacts", "artifacts/adapter_config.json"):
             r = c.get(f"/v1/jobs/job-nope/{path}")
-            assert r.status_code == 404 and r.json()["error"] == "not_found", (path, r.text)
+            assert r.status_code == 404 and error_code(r.json()) == "not_found", (path, r.text)
         r = c.post(
             "/v1/jobs",
             json={"model": str(tiny_model), "training_file": "file-nope", "variant": "lora"},
@@ -405,10 +425,10 @@ def test_cancelling_a_succeeded_job_is_409_and_leaves_it(finished, redis_service
     job = finished["dora"]
     with redis_service.client() as c:
         r = c.post(f"/v1/jobs/{job['id']}/cancel")
-        assert r.status_code == 409 and r.json()["error"] == "conflict", r.text
+        assert r.status_code == 409 and error_code(r.json()) == "conflict", r.text
         assert "succeeded" in r.json()["detail"]
         r = c.get(f"/v1/jobs/{job['id']}/artifacts/no-such-file.bin")
-        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        assert r.status_code == 404 and error_code(r.json()) == "not_found", r.text
     after = redis_service.job(job["id"])
     assert after["status"] == "succeeded" and after["cancel_requested"] is False
     assert after["finished_at"] == job["finished_at"]

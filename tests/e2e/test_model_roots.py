@@ -4,16 +4,18 @@ accepted, at submission (the API) and at load (the worker); one outside all is r
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from api.security import digest
+from loracle.errors import ModelSourceError
+from loracle.model_source import resolve_model_source
 from loracle.settings import Settings
-from tests.utils.api import KEY_A, client_for
+from tests.utils.api import KEY_A, client_for, settings_for
 from tests.utils.builders import write_jsonl
-from worker.errors import ModelSourceError
-from worker.modeling import resolve_model_source
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,10 @@ def test_the_worker_loads_from_either_root_and_refuses_outside(
         resolve_model_source(str(roots["outside"]), allowed)
 
 
-def test_the_api_accepts_either_root_and_refuses_outside(
-    settings: Settings, roots: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.fixture
+def api(settings: Settings, tmp_path: Path) -> Iterator[tuple[TestClient, dict]]:
+    """An in-process API on these roots, an uploaded training file, and a job body that
+    lacks only its model."""
     data = write_jsonl(tmp_path / "text.jsonl", "text", n_rows=8, seed=0)
     with client_for(settings) as c:
         r = c.post(
@@ -69,13 +72,63 @@ def test_the_api_accepts_either_root_and_refuses_outside(
             data={"purpose": "fine-tune"},
         )
         assert r.status_code == 201, r.text
-        file_id = r.json()["id"]
-        body = {"training_file": file_id, "variant": "lora", "hyperparameters": {"max_steps": 1}}
-        for name in ("first", "second"):
-            r = c.post("/v1/jobs", json={**body, "model": str(roots[name])})
-            assert r.status_code == 201, (name, r.text)
-            assert r.json()["model"] == str(roots[name])
-        r = c.post("/v1/jobs", json={**body, "model": str(roots["outside"])})
-        assert r.status_code == 422, r.text
-        (problem,) = r.json()["problems"]
-        assert problem["field"] == "model" and "outside the allowed roots" in problem["message"]
+        yield c, {"training_file": r.json()["id"], "variant": "lora", "hyperparameters": {}}
+
+
+def test_the_api_accepts_either_root_and_refuses_outside(
+    api: tuple[TestClient, dict], roots: dict[str, Path]
+) -> None:
+    c, body = api
+    for name in ("first", "second"):
+        r = c.post("/v1/jobs", json={**body, "model": str(roots[name])})
+        assert r.status_code == 201, (name, r.text)
+        assert r.json()["model"] == str(roots[name])
+    r = c.post("/v1/jobs", json={**body, "model": str(roots["outside"])})
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "model" and "outside the allowed roots" in problem["message"]
+
+
+def test_a_relative_model_is_found_in_the_first_root_and_stored_resolved(
+    api: tuple[TestClient, dict], roots: dict[str, Path]
+) -> None:
+    c, body = api
+    for name in ("tiny", "./tiny"):
+        r = c.post("/v1/jobs", json={**body, "model": name})
+        assert r.status_code == 201, (name, r.text)
+        # The job holds what the worker will load, whatever its working directory.
+        assert r.json()["model"] == str(roots["first"].resolve())
+    # Relative to the first root only: the second root's copy is reached by its full path.
+    (roots["second_root"] / "second-only").mkdir(exist_ok=True)
+    r = c.post("/v1/jobs", json={**body, "model": "second-only"})
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "model"
+    assert f"first model root ({roots['first_root'].resolve()})" in problem["message"]
+
+
+def test_an_org_name_directory_in_the_first_root_wins_over_the_hub(
+    api: tuple[TestClient, dict], roots: dict[str, Path]
+) -> None:
+    c, body = api
+    local = roots["first_root"] / "acme" / "tiny-llm"
+    if not local.exists():
+        shutil.copytree(roots["first"], local)
+    # The hub is not asked (tests/conftest.py's HF_ENDPOINT refuses: it would be a 503).
+    r = c.post("/v1/jobs", json={**body, "model": "acme/tiny-llm"})
+    assert r.status_code == 201, r.text
+    assert r.json()["model"] == str(local.resolve())
+
+
+def test_the_model_roots_are_created_at_start(tmp_path: Path) -> None:
+    first, second = tmp_path / "new" / "models", tmp_path / "more"
+    settings = settings_for(tmp_path / "data", model_roots=f"{first}:{second}")
+    assert not first.exists() and not second.exists()
+    with client_for(settings) as c:
+        assert c.get("/healthz").status_code == 200
+    assert first.is_dir() and second.is_dir()
+    # The default root, $LORACLE_DATA_DIR/models, too.
+    default = settings_for(tmp_path / "other-data")
+    with client_for(default):
+        pass
+    assert (tmp_path / "other-data" / "models").is_dir()

@@ -43,7 +43,7 @@ def test_first_run_prints_a_key_and_the_walkthrough_trains(
     )
     log = (tmp_path / "up.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loracle.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "cli", "up", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -59,14 +59,19 @@ def test_first_run_prints_a_key_and_the_walkthrough_trains(
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        output = Path(log.name).read_text()
-        key = re.search(r"export LORACLE_API_KEY=(\S+)", output)
+        # up prints the key last, once the worker is ready too (after /healthz answers)
+        while time.monotonic() < deadline + 180:
+            output = Path(log.name).read_text()
+            key = re.search(r"export LORACLE_API_KEY=(\S+)", output)
+            if key:
+                break
+            time.sleep(0.3)
         assert key, output
         assert (data_dir / "api-key.sha256").read_text().strip() != key.group(1)
         assert httpx.get(f"{base}/v1/jobs", timeout=5).status_code == 401
 
         block = next(
-            b for b in re.findall(r"```sh\n(.*?)```", README, flags=re.S) if "/v1/files" in b
+            b for b in re.findall(r"```sh\n(.*?)```", README, flags=re.S) if "$API/files" in b
         )
         script = (
             block.replace("http://127.0.0.1:8000", base)

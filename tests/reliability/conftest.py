@@ -3,7 +3,6 @@ worker is noticed in seconds rather than a minute."""
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import time
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.builders import build_tiny_llama, write_jsonl
-from tests.utils.service import Service, flush_redis_db, free_port, redis_available
+from tests.utils.service import Service, free_port
 
 FAST_LEASES = {
     "LORACLE_LEASE_TTL_S": "4",
@@ -34,36 +32,14 @@ SLOW = {
 }
 
 
-@pytest.fixture(scope="session")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(model_root: Path) -> Path:
-    return build_tiny_llama(model_root / "tiny-llama")
-
-
-@pytest.fixture(scope="session")
-def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", "text", 64, seed=0)
-
-
 @pytest.fixture()
-def redis_db() -> Iterator[int]:
-    assert redis_available(), "Redis is not running on 127.0.0.1:6379 (scripts/services.sh)"
-    db = random.randint(1, 15)
-    flush_redis_db(db)
-    yield db
-    flush_redis_db(db)
-
-
-@pytest.fixture()
-def service(tmp_path: Path, model_root: Path, tiny_model: Path, redis_db: int) -> Iterator[Service]:
+def service(
+    tmp_path: Path, model_root: Path, tiny_model: Path, fresh_redis_db: int
+) -> Iterator[Service]:
     svc = Service.create(
         tmp_path / "svc",
         model_root,
-        LORACLE_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        LORACLE_BROKER_URL=f"redis://127.0.0.1:6379/{fresh_redis_db}",
         **FAST_LEASES,
     )
     svc.start_api()

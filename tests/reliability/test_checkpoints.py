@@ -11,22 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loracle.plan import load_plan
 from tests.utils.builders import plan_dict
 from tests.utils.service import ROOT
-from worker.plan import load_plan
-from worker.training import (
+from worker.checkpoints import (
     CHECKPOINT_FILES,
     CHECKPOINT_MARKER,
     CHECKPOINT_MARKER_TMP,
     checkpoint_step,
     find_resumable_checkpoint,
-    run_training,
 )
+from worker.training import run_training
 
 RUN = """
 import sys
 from tests.utils.builders import plan_dict
-from worker.plan import load_plan
+from loracle.plan import load_plan
 from worker.training import run_training
 model, data, out = sys.argv[1:4]
 run_training(load_plan(plan_dict(model, data, out, max_steps=6, checkpoint_steps=2,

@@ -41,7 +41,7 @@ def test_the_api_and_the_worker_refuse_to_start_with_it(tmp_path: Path, command:
         LORACLE_LEASE_TTL_S="20",
     )
     refused = subprocess.run(
-        [sys.executable, "-m", "loracle.cli", *command],
+        [sys.executable, "-m", "cli", *command],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -52,3 +52,36 @@ def test_the_api_and_the_worker_refuse_to_start_with_it(tmp_path: Path, command:
     said = " ".join(refused.stderr.split())  # the terminal wraps long lines
     assert "LORACLE_HEARTBEAT_S=30 must be shorter than LORACLE_LEASE_TTL_S=20" in said
     assert not (tmp_path / "broker").exists(), "refused before anything was set up"
+
+
+def test_a_remote_worker_without_its_token_or_with_a_bad_url_is_refused():
+    with pytest.raises(ValidationError) as caught:
+        Settings(api_url="http://api-host:8000")
+    message = " ".join(str(caught.value).split())
+    assert "LORACLE_API_URL=http://api-host:8000" in message
+    assert "needs LORACLE_WORKER_TOKEN" in message and "loracle keys worker" in message
+    shared = {"database_url": "postgresql+psycopg://h/db", "broker_url": "redis://h:6379/0"}
+    with pytest.raises(ValidationError, match="must start with http:// or https://"):
+        Settings(api_url="api-host:8000", worker_token="lorw_x", **shared)
+    with pytest.raises(ValidationError) as caught:
+        Settings(api_url="http://h:8000", worker_token="lorw_x", broker_url="redis://h:6379/0")
+    message = " ".join(str(caught.value).split())
+    assert "LORACLE_DATABASE_URL is not" in message and "LORACLE_BROKER_URL" not in message
+    remote = Settings(api_url="https://api-host", worker_token="lorw_x", **shared)
+    assert remote.api_url == "https://api-host"
+
+
+def test_the_api_refuses_a_worker_token_that_is_also_an_api_key_or_not_a_digest():
+    from api.security import configuration_problem, digest
+
+    shared = digest("lor_both")
+    problem = configuration_problem(
+        Settings(api_key_hashes=shared, worker_token_hashes=f"{digest('lorw_w')},{shared}")
+    )
+    assert problem and "both LORACLE_API_KEY_HASHES and LORACLE_WORKER_TOKEN_HASHES" in problem
+    problem = configuration_problem(Settings(api_key_hashes=shared, worker_token_hashes="lorw_w"))
+    assert problem and "LORACLE_WORKER_TOKEN_HASHES" in problem and "not SHA-256" in problem
+    assert (
+        configuration_problem(Settings(api_key_hashes=shared, worker_token_hashes=digest("lorw_w")))
+        is None
+    )

@@ -14,7 +14,7 @@ import pytest
 
 from tests.reliability.conftest import FAST_LEASES, SLOW, PrivateRedis
 from tests.utils.service import Service, wait_for
-from worker.training import CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP
+from worker.checkpoints import CHECKPOINT_MARKER, CHECKPOINT_MARKER_TMP
 
 pytestmark = pytest.mark.e2e
 
@@ -149,14 +149,14 @@ def test_killed_after_the_trainer_wrote_a_checkpoint_but_before_its_marker(
 
 
 def test_second_delivery_does_not_train_twice(
-    tmp_path: Path, model_root: Path, tiny_model: Path, train_file: Path, redis_db: int
+    tmp_path: Path, model_root: Path, tiny_model: Path, train_file: Path, fresh_redis_db: int
 ):
     # Redis redelivers an unacknowledged message after the visibility timeout: make it
     # shorter than the job and give the redelivery a second worker to land on.
     service = Service.create(
         tmp_path / "svc",
         model_root,
-        LORACLE_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
+        LORACLE_BROKER_URL=f"redis://127.0.0.1:6379/{fresh_redis_db}",
         LORACLE_BROKER_VISIBILITY_TIMEOUT_S="2",
         **FAST_LEASES,
     )
@@ -294,7 +294,7 @@ def test_worker_killed_before_taking_the_lease_gets_the_job_sent_again(
     model_root: Path,
     tiny_model: Path,
     train_file: Path,
-    redis_db: int,
+    fresh_redis_db: int,
     broker: str,
 ):
     # The pool process takes the message and dies before the job's lease: Celery acks a dead
@@ -303,7 +303,7 @@ def test_worker_killed_before_taking_the_lease_gets_the_job_sent_again(
     # LORACLE_LOST_MESSAGE_AFTER_S + the dispatch interval, and train once.
     extra = {**FAST_LEASES, "LORACLE_LOST_MESSAGE_AFTER_S": "4"}
     if broker == "redis":
-        extra["LORACLE_BROKER_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+        extra["LORACLE_BROKER_URL"] = f"redis://127.0.0.1:6379/{fresh_redis_db}"
     service = Service.create(tmp_path / "svc", model_root, **extra)
     service.start_api()
     try:

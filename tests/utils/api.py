@@ -29,3 +29,49 @@ def client_for(settings: Settings, key: str | None = KEY_A) -> TestClient:
     app = create_app(settings)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return TestClient(app, raise_server_exceptions=False, headers=headers)
+
+
+def register_worker(
+    settings: Settings, memory_gib: float = 24.0, worker_id: str = "test-host:1", **fields: Any
+) -> str:
+    """A live CPU worker in the store, as `loracle worker --memory-gib` registers one (its
+    lease long enough for any test): jobs get placed on its card class and sent to its
+    queue. Returns the queue a one-card job goes to."""
+    from loracle import placement
+    from loracle.store import workers
+    from loracle.store.db import session
+
+    klass = placement.card_class("cpu", memory_gib, "cpu")
+    card = {
+        "index": "cpu",
+        "name": "cpu",
+        "total_gib": memory_gib,
+        "free_gib": memory_gib,
+        "compute_capability": None,
+        "bf16": True,
+    }
+    values = {
+        "host": worker_id.rpartition(":")[0],
+        "card_class": klass,
+        "cards": [card],
+        "device": "cpu",
+        "version": "test",
+        "concurrency": 1,
+        "queues": placement.queues_of(klass, 1, 1),
+        **fields,
+    }
+    with session(settings.resolved_database_url) as s:
+        workers.register(s, worker_id, 3600, **values)
+    return placement.queue_for(klass, 1)
+
+
+def error_code(body: dict[str, Any]) -> str:
+    """The error code of an answer in either of the API's shapes: loracle's
+    {"error": <code>, ...}, or OpenAI's {"error": {"code", "message", "type", "param"}} on
+    /v1/files and /v1/fine_tuning (which must then be complete)."""
+    error = body["error"]
+    if isinstance(error, dict):
+        assert set(error) == {"code", "message", "type", "param"}, error
+        assert error["message"] == body["detail"]
+        return str(error["code"])
+    return str(error)

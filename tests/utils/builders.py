@@ -18,151 +18,18 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
+# The tiny model, its tokenizer and the cycle task are the product's own (`loracle demo`
+# builds the same model): one builder for the demo and the tests.
+from cli.demo import (
+    CYCLE_WORDS,
+    build_tiny_llama,  # noqa: F401 (the test suite's builder)
+    build_tokenizer,  # noqa: F401
+    prompt_completion,
+    walk,
+)
 from worker.training import TrainingHooks
 
-# The cycle the data walks round: each word is followed by exactly one other word, so a model
-# that has learned the bigrams predicts every next token. The words are frequent in the
-# tokenizer's training corpus, so each becomes a single BPE token.
-CYCLE_WORDS = (
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-)
-
-BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-
-# A ChatML-style template, deliberately different from the plain template worker/data.py uses
-# for tokenizers without one, so tests can tell which path ran.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 DataFormat = Literal["text", "prompt_completion", "messages"]
-
-
-def _tokenizer_corpus() -> list[str]:
-    rng = random.Random(1234)
-    lines = []
-    for _ in range(400):
-        start = rng.randrange(len(CYCLE_WORDS))
-        words = [CYCLE_WORDS[(start + i) % len(CYCLE_WORDS)] for i in range(12)]
-        lines.append(" ".join(words))
-    lines += [
-        "continue the sequence from",
-        "system user assistant: you are a helpful model.",
-        "The quick brown fox jumps over the lazy dog. 0123456789",
-    ] * 20
-    return lines
-
-
-def build_tokenizer(
-    dest_dir: Path | str,
-    *,
-    vocab_size: int = 512,
-    chat_template: bool = True,
-    pad_token: bool = True,
-):
-    """Train a byte-level BPE tokenizer offline and save it as a `PreTrainedTokenizerFast`.
-
-    Byte-level, so any text tokenizes (no unknown characters). Special tokens: `<s>` (bos,
-    added in front of every encoded string), `</s>` (eos), `<pad>` (unless `pad_token=False`,
-    to test the pad-equals-eos fallback), `<unk>`, and the ChatML markers. With
-    `chat_template=True` the tokenizer carries `CHAT_TEMPLATE`.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [BOS, EOS, UNK, IM_START, IM_END] + ([PAD] if pad_token else [])
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A",
-        pair=f"{BOS} $A {BOS} $B",
-        special_tokens=[(BOS, tok.token_to_id(BOS))],
-    )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD if pad_token else None,
-        additional_special_tokens=[IM_START, IM_END],
-    )
-    if chat_template:
-        wrapped.chat_template = CHAT_TEMPLATE
-    wrapped.save_pretrained(str(dest_dir))
-    return wrapped
-
-
-def build_tiny_llama(
-    dest_dir: Path | str,
-    *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    vocab_size: int = 512,
-    seed: int = 0,
-    chat_template: bool = True,
-    pad_token: bool = True,
-) -> Path:
-    """Save a random-init `LlamaForCausalLM` (safetensors) plus its tokenizer into `dest_dir`.
-
-    `vocab_size` is the tokenizer's BPE target; the model's embedding matches the trained
-    tokenizer's real size. Same arguments and seed give identical weights. Returns `dest_dir`.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(
-        dest, vocab_size=vocab_size, chat_template=chat_template, pad_token=pad_token
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(str(dest))
-    return dest
-
-
-def _walk(start: int, length: int) -> str:
-    return " ".join(CYCLE_WORDS[(start + i) % len(CYCLE_WORDS)] for i in range(length))
 
 
 def make_rows(fmt: DataFormat, n_rows: int, seed: int = 0) -> list[dict]:
@@ -172,23 +39,18 @@ def make_rows(fmt: DataFormat, n_rows: int, seed: int = 0) -> list[dict]:
     for _ in range(n_rows):
         start = rng.randrange(len(CYCLE_WORDS))
         if fmt == "text":
-            rows.append({"text": _walk(start, 10)})
+            rows.append({"text": walk(start, 10)})
         elif fmt == "prompt_completion":
-            rows.append(
-                {
-                    "prompt": f"continue the sequence from {_walk(start, 2)}:",
-                    "completion": " " + _walk(start + 2, 6),
-                }
-            )
+            rows.append(prompt_completion(start))
         elif fmt == "messages":
             rows.append(
                 {
                     "messages": [
                         {"role": "system", "content": "you are a helpful model."},
-                        {"role": "user", "content": _walk(start, 2)},
-                        {"role": "assistant", "content": _walk(start + 2, 4)},
-                        {"role": "user", "content": _walk(start + 6, 1)},
-                        {"role": "assistant", "content": _walk(start + 7, 3)},
+                        {"role": "user", "content": walk(start, 2)},
+                        {"role": "assistant", "content": walk(start + 2, 4)},
+                        {"role": "user", "content": walk(start + 6, 1)},
+                        {"role": "assistant", "content": walk(start + 7, 3)},
                     ]
                 }
             )
@@ -280,3 +142,126 @@ def add_placeholder_file(s: Any, owner: str | None = None) -> str:
         path="/dev/null",
     )
     return file_id
+
+
+def jsonl_bytes(*rows: object) -> bytes:
+    """A JSONL file's bytes: dict rows as JSON, string rows as written (for broken lines)."""
+    return b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in rows)
+
+
+def bare_plan(variant: str = "lora", combine_with=(), **overrides):
+    """A validated plan with placeholder paths, for tests that never load its files."""
+    from loracle.plan import load_plan
+
+    return load_plan(
+        {
+            "model": "org/name",
+            "train_file": "t.jsonl",
+            "output_dir": "out",
+            "variant": variant,
+            "combine_with": list(combine_with),
+            **overrides,
+        }
+    )
+
+
+# The combinations the model-building tests load for real: each variant alone and the
+# design document's two combinations. Config-only tests run over `combinations()`.
+LOADED_COMBINATIONS = [
+    ("lora", []),
+    ("qlora", []),
+    ("dora", []),
+    ("loraplus", []),
+    ("rslora", []),
+    ("qlora", ["loraplus"]),
+    ("qlora", ["dora"]),
+]
+
+
+def add_measured_job(
+    s: Any,
+    card_name: str,
+    card_gib: float,
+    estimate_gib: float,
+    reserved_gib: float,
+    variant: str = "lora",
+    combine_with: tuple[str, ...] = (),
+    architecture: str = "llama 32x4096",
+) -> str:
+    """A succeeded job in the store as a worker on a CUDA card leaves one: the estimate it was
+    submitted with and the measurement record the worker writes (worker.memory_monitor),
+    here with chosen figures (no GPU runs the tests). Returns its id."""
+    from loracle.store import jobs as store
+    from worker.memory_monitor import PeakMemory
+
+    gib = 1 << 30
+    measured = PeakMemory(
+        device="cuda:0",
+        device_name=card_name,
+        device_total_bytes=int(card_gib * gib),
+        precision="bf16",
+        libraries={"torch": "2.13.0"},
+        measures="torch.cuda.max_memory_allocated / max_memory_reserved since run start",
+        allocated_bytes=int(reserved_gib * 0.8 * gib),
+        reserved_bytes=int(reserved_gib * gib),
+    )
+    job_id = store.new_id("job")
+    store.add_job(
+        s,
+        id=job_id,
+        owner=None,
+        model="meta-llama/Llama-2-7b-hf",
+        training_file=add_placeholder_file(s),
+        variant=variant,
+        combine_with=list(combine_with),
+        requested_variant=variant,
+        hyperparameters={},
+        estimate={"total_gib": estimate_gib, "architecture": architecture},
+    )
+    # Through the worker's own transitions: take the lease, finish with the measurement.
+    token = store.acquire(s, job_id, "gpu-host:1", 60, 3)
+    assert token is not None
+    status = store.finish(
+        s, job_id, token, store.SUCCEEDED, measured_peak=measured.model_dump(mode="json")
+    )
+    assert status == store.SUCCEEDED
+    return job_id
+
+
+def add_running_job(
+    url: str, training_file: str, owner: str | None, ttl_s: float = 600, max_attempts: int = 3
+) -> tuple[str, int]:
+    """A job of `owner` on `training_file`, taken by a test 'worker': (job id, fencing token).
+    It is on no queue, so no dispatcher sends it anywhere."""
+    from loracle.store import jobs as store
+    from loracle.store.db import session
+
+    job_id = store.new_id("job")
+    with session(url) as s:
+        store.add_job(
+            s,
+            id=job_id,
+            owner=owner,
+            model="m",
+            training_file=training_file,
+            variant="lora",
+            requested_variant="lora",
+            hyperparameters={},
+        )
+    with session(url) as s:
+        token = store.acquire(s, job_id, "test-worker:1", ttl_s, max_attempts)
+    assert token is not None
+    return job_id, token
+
+
+def sealed_checkpoint(directory: Path, step: int, payload: bytes = b"weights") -> Path:
+    """A checkpoint directory as the Trainer leaves it, sealed with its completion marker
+    (worker/checkpoints.py), holding `payload` as its adapter."""
+    from worker.checkpoints import CHECKPOINT_FILES, seal_checkpoint
+
+    directory.mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        (directory / name).write_bytes(payload if name.endswith(".safetensors") else b"{}")
+    (directory / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    seal_checkpoint(directory, step)
+    return directory

@@ -1,5 +1,5 @@
 """Real loracle processes for end-to-end tests: a uvicorn API and Celery workers,
-started as a user would (``python -m loracle.cli serve`` / ``worker``), with the
+started as a user would (``python -m cli serve`` / ``worker``), with the
 environment variables a user would set. Nothing is mocked."""
 
 from __future__ import annotations
@@ -81,13 +81,15 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         assert self.logs is not None
         log = (self.logs / f"{name}.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "loracle.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -103,8 +105,13 @@ class Service:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn(f"worker-{len(self.workers)}", "worker")
+    def start_worker(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; `args` go to `loracle worker` (e.g. "--memory-gib", "8"); `env`
+        is added to the service's environment (a worker of another host: its own
+        LORACLE_DATA_DIR, LORACLE_API_URL and worker token)."""
+        proc = self._spawn(f"worker-{len(self.workers)}", "worker", *args, env=env)
         self.workers.append(proc)
         return proc
 

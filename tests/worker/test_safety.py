@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from loracle.plan import load_plan
 from tests.utils.builders import plan_dict
-from worker.plan import load_plan
 from worker.safety import RESUME_FILES, CheckpointRefused, check_checkpoint, check_file
 from worker.training import run_training
 

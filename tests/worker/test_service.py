@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from loracle.plan import load_plan
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow
 from tests.utils.builders import add_placeholder_file, plan_dict
 from worker.errors import LeaseLost, StoreUnavailable
-from worker.plan import load_plan
 from worker.service import StoreHooks
 from worker.training import run_training
 

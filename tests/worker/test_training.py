@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from loracle.plan import load_plan
+from loracle.recipe import model_load_kwargs
 from tests.utils.builders import RecordingHooks, plan_dict
 from worker import artifacts
-from worker.modeling import model_load_kwargs
-from worker.plan import load_plan
-from worker.training import (
-    CHECKPOINT_FILES,
-    find_resumable_checkpoint,
-    run_training,
-    seal_checkpoint,
-)
+from worker.checkpoints import CHECKPOINT_FILES, find_resumable_checkpoint, seal_checkpoint
+from worker.training import run_training
 
 # name: (data format, plan fields). LoRA+ multiplies lora_B's rate by 16, so it starts lower.
 # The formats rotate so every format is trained end to end; two runs also exercise gradient
@@ -125,7 +121,10 @@ def test_variant_learns_and_its_adapter_reloads(trained, name, tokenizer):
 
     started = hooks.of_type("started")
     assert started[0]["variant"] == plan.variant
-    assert hooks.of_type("finished")[0]["step"] == 30
+    finished = hooks.of_type("finished")[0]
+    assert finished["step"] == 30
+    # The console's job page draws the validation point from this event.
+    assert finished["eval_loss"] == result.eval_loss is not None
     assert [p["step"] for p in hooks.progress] == list(range(1, 31))
     assert all(p["total_steps"] == 30 and p["tokens_per_second"] > 0 for p in hooks.progress)
 
@@ -213,9 +212,14 @@ def test_cancel_stops_within_one_optimizer_step(
     # way and finishes; with accumulation the next micro-batch notices and no step is taken.
     assert result.status == "cancelled"
     assert result.steps == expected_steps
-    assert hooks.of_type("cancelled") == [{"step": expected_steps}]
+    (cancelled,) = hooks.of_type("cancelled")
+    assert cancelled["step"] == cancelled["adapter_step"] == expected_steps
+    assert cancelled["checkpoint"] is None, "no checkpoint was due yet"
     assert not hooks.of_type("finished")
-    assert not (tmp_path / "adapter").exists()
+    # The adapter as trained so far is kept (worker.cancelled), with its record.
+    kept = tmp_path / "adapter"
+    assert {"adapter_model.safetensors", "plan.json", "metrics.json"} <= set(cancelled["files"])
+    assert json.loads((kept / "metrics.json").read_text())["status"] == "cancelled"
     assert "adapter_dir" not in result.artifacts
 
 
@@ -227,6 +231,9 @@ def test_resume_continues_from_newest_complete_checkpoint(tiny_model, data_dir, 
     assert [e["step"] for e in hooks.of_type("checkpoint")] == [4, 8]
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    # The cancel kept the newest checkpoint as one archive beside the partial adapter.
+    assert hooks.of_type("cancelled")[0]["checkpoint"] == "checkpoint-8.tar"
+    assert (tmp_path / "adapter" / "checkpoint-8.tar").is_file()
     # A newer checkpoint whose write was interrupted must be skipped.
     broken = checkpoints / "checkpoint-9"
     broken.mkdir()
@@ -275,7 +282,7 @@ def test_find_resumable_checkpoint(tmp_path):
 
 
 def test_bad_data_is_refused_before_training(tiny_model, tmp_path):
-    from worker.errors import DataFileError
+    from loracle.errors import DataFileError
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"prompt": 1}\n')
@@ -306,7 +313,7 @@ def test_publish_dir_replaces_atomically_and_keeps_old_on_failure(tmp_path):
 
 
 def test_cpu_peak_memory_is_the_kernels_high_water_mark_since_start():
-    from worker.training import MemoryMonitor
+    from worker.memory_monitor import MemoryMonitor
 
     before = bytearray(150 * 2**20)  # a peak before the run must not count
     del before

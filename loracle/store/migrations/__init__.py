@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store (see `loracle.store.db.migrate`)."""
