@@ -44,7 +44,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A signal this long after the first request means "stop now" (see the module docstring).
 FORCE_AFTER_S = 2.0
 
-_lock = threading.Lock()
+# Re-entrant: `request` runs as a signal handler on the main thread, and a second signal can
+# run it again inside the first call (Python runs handlers between any two bytecodes). With a
+# plain lock that nested call waited forever for its own caller, which held the lock while it
+# logged: the job's thread then blocked on the logging lock inside its requeue's transaction,
+# and the worker never exited.
+_lock = threading.RLock()
 _first: dict[str, Any] = {}
 _forwarded = threading.Event()
 
@@ -55,19 +60,23 @@ def requested() -> str | None:
 
 
 def request(signum: int) -> None:
-    """Note a stop request (a signal handler in pool processes; tests call it directly)."""
+    """Note a stop request (a signal handler in pool processes; tests call it directly).
+    Nothing here waits while holding the lock, and the log line comes after it is released."""
     name = signal.Signals(signum).name
     with _lock:
-        if "signal" not in _first:
+        first = "signal" not in _first
+        if first:
             _first.update(signal=name, at=time.monotonic())
-            log.warning(
-                "%s received: the running job stops at the end of its current step, writes a "
-                "checkpoint and goes back to the queue",
-                name,
-            )
-            return
-        again = time.monotonic() - _first["at"] > FORCE_AFTER_S
-    if again:
+            again = False
+        else:
+            again = time.monotonic() - _first["at"] > FORCE_AFTER_S
+    if first:
+        log.warning(
+            "%s received: the running job stops at the end of its current step, writes a "
+            "checkpoint and goes back to the queue",
+            name,
+        )
+    elif again:
         log.warning("%s received again: stopping now, without a checkpoint", name)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -163,10 +172,16 @@ def requeue(
         "checkpoint_step": step if checkpoint is not None else None,
         "checkpoint_error": failure,
     }
+    # The log line comes after the commit: nothing holds the database's write lock while it
+    # waits for something else.
     with session(settings.resolved_database_url) as s:
-        if store.release(s, job_id, token, message, data, "warning" if error else "info"):
-            log.warning("job %s: %s", job_id, message)
-            return store.QUEUED
-        # A cancel arrived meanwhile (it ends the job), or the lease was lost.
-        status = store.finish(s, job_id, token, store.CANCELLED, f"cancelled while running; {what}")
+        released = store.release(s, job_id, token, message, data, "warning" if error else "info")
+        if not released:
+            # A cancel arrived meanwhile (it ends the job), or the lease was lost.
+            status = store.finish(
+                s, job_id, token, store.CANCELLED, f"cancelled while running; {what}"
+            )
+    if released:
+        log.warning("job %s: %s", job_id, message)
+        return store.QUEUED
     return status or "lease-lost"

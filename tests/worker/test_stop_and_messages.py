@@ -4,7 +4,9 @@ checkpoints its step and puts the job back in the queue at once."""
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,33 @@ def test_a_job_that_arrives_after_the_stop_request_is_handed_back_unstarted(sett
     assert (row.status, row.attempts, row.enqueued_at) == ("queued", 0, None)
     handed = stored_events(settings, job_id)[-1]
     assert handed["type"] == "handed_back" and "shutting down (SIGTERM)" in handed["message"]
+
+
+class _SignalDuringLog(logging.Handler):
+    """Delivers a second SIGTERM while the first request's log line is being written: Python
+    runs a signal handler between any two bytecodes, so under load the forwarded signal lands
+    inside the first handler call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nested = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.nested == 0:
+            self.nested += 1
+            shutdown.request(signal.SIGTERM)
+
+
+def test_a_second_signal_inside_the_first_request_neither_blocks_nor_forces_a_stop():
+    handler = _SignalDuringLog()
+    logger = logging.getLogger("loracle.worker")
+    logger.addHandler(handler)
+    try:
+        caller = threading.Thread(target=shutdown.request, args=(signal.SIGTERM,), daemon=True)
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "the nested request waited for its own caller"
+    finally:
+        logger.removeHandler(handler)
+    assert handler.nested == 1
+    assert shutdown.requested() == "SIGTERM", "one request, noted once"
