@@ -1,8 +1,8 @@
 """The comparison at the end of a run: the base model against the adapter, on the validation set.
 
-`compare(model, tokenizer, validation_file, seq_len)` measures the same quantities twice, once
-with the adapter disabled (peft's `disable_adapter()`: the base model's own weights, exactly)
-and once with it, and returns a `Comparison`:
+`compare(model, tokenizer, validation_file, seq_len, batch_size)` measures the same quantities
+twice, once with the adapter disabled (peft's `disable_adapter()`: the base model's own
+weights, exactly) and once with it, and returns a `Comparison`:
 
 - `loss`: the mean cross-entropy per trained token over the whole validation file, tokenized
   and truncated as the run trains (`worker.data.tokenize_file`, same `seq_len`). Every trained
@@ -20,8 +20,13 @@ and once with it, and returns a `Comparison`:
   if the reference is exactly that long. Rows left out are counted in `skipped`.
 
 Its cost is bounded: two forward passes over the validation file (no gradient), and at most
-`MAX_MATCH_ROWS` x `MAX_NEW_TOKENS` decoding steps per model, in batches of
-`GENERATION_BATCH` rows (left-padded). On the tiny test model this is well under a second.
+`MAX_MATCH_ROWS` x `MAX_NEW_TOKENS` decoding steps per model. Its memory is about what the
+Trainer's own evaluation takes: the loss is computed `batch_size` rows at a time (the run's
+micro batch, as the Trainer evaluates), and greedy decoding takes up to `GENERATION_BATCH`
+rows at a time (left-padded) only while rows x (longest prompt + `MAX_NEW_TOKENS`) stays
+within `batch_size` x `seq_len` tokens, one row at a time otherwise. It runs after the run's
+memory peak was measured, so it is not part of that peak. On the tiny test model it takes
+well under a second.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ MAX_MATCH_ROWS = 64
 MAX_NEW_TOKENS = 64
 """Tokens generated per row at most; longer references are skipped."""
 GENERATION_BATCH = 16
-"""Rows decoded together (left-padded)."""
+"""Rows decoded together at most (left-padded); fewer when they hold more tokens than the
+token budget (see the module's docstring)."""
 LOSS_BATCH = 8
-"""Rows per forward pass for the loss."""
+"""Rows per forward pass for the loss, unless the caller says (a run: its micro batch)."""
 
 MULTI_RANK_SKIP = (
     "the base-vs-adapter comparison is skipped on runs over several ranks: it would need the "
@@ -109,7 +115,10 @@ def _eval_mode(model: Any) -> Iterator[None]:
 
 
 def token_loss(
-    model: Any, examples: list[dict[str, list[int]]], pad_token_id: int
+    model: Any,
+    examples: list[dict[str, list[int]]],
+    pad_token_id: int,
+    batch_size: int = LOSS_BATCH,
 ) -> tuple[float, int]:
     """(mean cross-entropy per trained token, trained tokens) of `examples`, which carry
     labels as `worker.data` makes them (IGNORE_INDEX where no loss applies)."""
@@ -118,8 +127,9 @@ def token_loss(
     collate = PadCollator(pad_token_id)
     device = _device(model)
     total, count = 0.0, 0
-    for start in range(0, len(examples), LOSS_BATCH):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + LOSS_BATCH]).items()}
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         losses = F.cross_entropy(
@@ -167,17 +177,38 @@ def completion_ids(new_tokens: list[int], stop_ids: set[int]) -> list[int]:
     return new_tokens
 
 
-def greedy_completions(model: Any, tokenizer: Any, prompts: list[list[int]]) -> list[list[int]]:
+def generation_batches(
+    prompts: list[list[int]], token_budget: int | None = None
+) -> Iterator[list[list[int]]]:
+    """The prompts in order, in batches of at most `GENERATION_BATCH` rows whose rows x
+    (longest prompt + `MAX_NEW_TOKENS`) stays within `token_budget` (None: no budget); a
+    row alone is a batch whatever its length."""
+    chunk: list[list[int]] = []
+    for prompt in prompts:
+        longest = max([len(prompt), *(len(p) for p in chunk)]) + MAX_NEW_TOKENS
+        full = len(chunk) == GENERATION_BATCH
+        if chunk and (
+            full or (token_budget is not None and (len(chunk) + 1) * longest > token_budget)
+        ):
+            yield chunk
+            chunk = []
+        chunk.append(prompt)
+    if chunk:
+        yield chunk
+
+
+def greedy_completions(
+    model: Any, tokenizer: Any, prompts: list[list[int]], token_budget: int | None = None
+) -> list[list[int]]:
     """Greedy decoding of each prompt (at most `MAX_NEW_TOKENS` new tokens), cut at the first
-    eos or pad token (`completion_ids`)."""
+    eos or pad token (`completion_ids`), in `generation_batches`."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
     device = _device(model)
     out: list[list[int]] = []
-    for start in range(0, len(prompts), GENERATION_BATCH):
-        chunk = prompts[start : start + GENERATION_BATCH]
+    for chunk in generation_batches(prompts, token_budget):
         width = max(len(p) for p in chunk)
         # Left padding: every row's next token is at the same position.
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
@@ -200,9 +231,16 @@ def greedy_completions(model: Any, tokenizer: Any, prompts: list[list[int]]) -> 
     return out
 
 
-def exact_match(model: Any, tokenizer: Any, pairs: list[tuple[list[int], list[int]]], skipped: int):
+def exact_match(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[list[int], list[int]]],
+    skipped: int,
+    token_budget: int | None = None,
+) -> ExactMatch:
     """`ExactMatch` of the model's greedy completions against the references."""
-    generated = greedy_completions(model, tokenizer, [p for p, _ in pairs]) if pairs else []
+    prompts = [p for p, _ in pairs]
+    generated = greedy_completions(model, tokenizer, prompts, token_budget) if pairs else []
     matched = sum(g == ref for g, (_, ref) in zip(generated, pairs, strict=True))
     return ExactMatch(
         matched=matched,
@@ -212,11 +250,17 @@ def exact_match(model: Any, tokenizer: Any, pairs: list[tuple[list[int], list[in
     )
 
 
-def score(model: Any, tokenizer: Any, examples, pairs, skipped: int) -> ModelScores:
+def score(
+    model: Any, tokenizer: Any, examples, pairs, skipped: int, batch_size: int, token_budget: int
+) -> ModelScores:
     """One model's `ModelScores` (the model as it is called: with or without its adapter)."""
     with _eval_mode(model):
-        loss, _ = token_loss(model, examples, tokenizer.pad_token_id)
-        match = exact_match(model, tokenizer, pairs, skipped) if pairs is not None else None
+        loss, _ = token_loss(model, examples, tokenizer.pad_token_id, batch_size)
+        match = (
+            exact_match(model, tokenizer, pairs, skipped, token_budget)
+            if pairs is not None
+            else None
+        )
     return ModelScores(loss=loss, perplexity=_perplexity(loss), exact_match=match)
 
 
@@ -224,16 +268,24 @@ def _perplexity(loss: float) -> float | None:
     return math.exp(loss) if loss < 700 else None  # exp overflows a float past ~709
 
 
-def compare(model: Any, tokenizer: Any, validation_file: str | Path, seq_len: int) -> Comparison:
-    """Score the base (adapter disabled) and the adapter on the validation file.
+def compare(
+    model: Any,
+    tokenizer: Any,
+    validation_file: str | Path,
+    seq_len: int,
+    batch_size: int = LOSS_BATCH,
+) -> Comparison:
+    """Score the base (adapter disabled) and the adapter on the validation file, `batch_size`
+    rows at a time (and greedy decoding within `batch_size` x `seq_len` tokens a batch).
 
     `model` is a peft model; its adapter is re-enabled afterwards, even on an error."""
     data = tokenize_file(validation_file, tokenizer, seq_len)
     found = match_rows(validation_file, tokenizer, seq_len)
     pairs, skipped = found if found is not None else (None, 0)
+    budget = (batch_size, batch_size * seq_len)
     with model.disable_adapter():
-        base = score(model, tokenizer, data.examples, pairs, skipped)
-    adapter = score(model, tokenizer, data.examples, pairs, skipped)
+        base = score(model, tokenizer, data.examples, pairs, skipped, *budget)
+    adapter = score(model, tokenizer, data.examples, pairs, skipped, *budget)
     # The loss's denominator: labels predicted from a previous position (the first never is).
     tokens = sum(1 for e in data.examples for label in e["labels"][1:] if label != IGNORE_INDEX)
     rates = (
@@ -291,18 +343,24 @@ def base_loss(comparison: dict[str, Any] | None) -> float | None:
 
 
 def evaluate_run(
-    model: Any, tokenizer: Any, validation_file: str | Path, seq_len: int, world_size: int
+    model: Any,
+    tokenizer: Any,
+    validation_file: str | Path,
+    seq_len: int,
+    world_size: int,
+    batch_size: int = LOSS_BATCH,
 ) -> dict[str, Any]:
     """The `comparison` of metrics.json, never raising for a failed comparison: a run that
     trained fine keeps its adapter whatever happens here. Returns the `Comparison` as JSON,
-    or `{"skipped": why}` on several ranks, or `{"error": what}` when it failed."""
+    or `{"skipped": why}` on several ranks, or `{"error": what}` when it failed (out of
+    memory included)."""
     if world_size > 1:
         return {"skipped": MULTI_RANK_SKIP}
     try:
-        found = compare(model, tokenizer, validation_file, seq_len).model_dump(mode="json")
+        found = compare(model, tokenizer, validation_file, seq_len, batch_size)
+        return _finite(found.model_dump(mode="json"))
     except Exception as exc:  # the training's result stands; the error is recorded instead
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return _finite(found)
 
 
 def _finite(value: Any) -> Any:

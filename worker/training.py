@@ -471,7 +471,12 @@ def run_training(
         return result
     if result.status == "succeeded" and plan.validation_file:
         result.comparison = evaluation.evaluate_run(
-            model, tokenizer, plan.validation_file, plan.seq_len, distributed.world()[1]
+            model,
+            tokenizer,
+            plan.validation_file,
+            plan.seq_len,
+            world_size=distributed.world()[1],
+            batch_size=plan.micro_batch_size,
         )
         hooks.on_event(
             "evaluation",

@@ -53,10 +53,11 @@ def test_loss_is_the_mean_per_trained_token(base, tokenizer, data_dir: Path) -> 
             out = base(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]))
             total += float(out.loss) * trained_tokens(e)
             count += trained_tokens(e)
-    with torch.no_grad():
-        loss, tokens = evaluation.token_loss(base, examples, tokenizer.pad_token_id)
-    assert tokens == count
-    assert loss == pytest.approx(total / count, rel=1e-5)
+    for batch_size in (1, 3, evaluation.LOSS_BATCH):  # per token: whatever the batches
+        with torch.no_grad():
+            loss, tokens = evaluation.token_loss(base, examples, tokenizer.pad_token_id, batch_size)
+        assert tokens == count
+        assert loss == pytest.approx(total / count, rel=1e-5)
 
 
 def test_match_rows_are_the_prompt_and_the_completion_without_eos(
@@ -90,6 +91,20 @@ def test_completion_ids_stop_at_the_first_stop_token() -> None:
     assert evaluation.completion_ids([7, 5, 5], {1, 5}) == [7]
     assert evaluation.completion_ids([7, 8], {1}) == [7, 8]  # the cap reached, no eos
     assert evaluation.completion_ids([1, 7], {1}) == []
+
+
+def test_generation_batches_keep_the_order_within_the_token_budget() -> None:
+    new = evaluation.MAX_NEW_TOKENS
+    prompts = [[1] * n for n in (10, 10, 30, 10, 100, 5)]
+    # Budget for two rows of 10 + new tokens: the 30-token prompt starts a batch of its own.
+    batches = list(evaluation.generation_batches(prompts, token_budget=2 * (10 + new)))
+    assert [[len(p) for p in b] for b in batches] == [[10, 10], [30], [10], [100], [5]]
+    assert [p for b in batches for p in b] == prompts
+    many = [[1]] * (evaluation.GENERATION_BATCH + 1)
+    assert [len(b) for b in evaluation.generation_batches(many)] == [
+        evaluation.GENERATION_BATCH,
+        1,
+    ]
 
 
 def _greedy_one_row(model, tokenizer, prompt: list[int]) -> list[int]:
