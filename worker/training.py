@@ -81,7 +81,8 @@ class TrainingHooks:
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
         """Something happened: `started`, `warning`, `resumed`, `checkpoint`, `cancelled`,
-        `stopped`, `finished`. `data` is JSON-serialisable."""
+        `stopped`, `evaluation` (the base against the adapter, `worker.evaluation`),
+        `finished`. `data` is JSON-serialisable."""
 
     def on_progress(
         self,

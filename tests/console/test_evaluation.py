@@ -3,6 +3,7 @@ model and the adapter (GET job's `evaluation`) as a table, with the figures the 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,13 +50,11 @@ def test_the_job_page_shows_the_base_against_the_adapter(
     expect(loss_row).to_have_text(
         [f"{base['loss']:.4f}", f"{adapter['loss']:.4f}", f"{evaluation['delta']['loss']:.4f}"]
     )
-    match = base["exact_match"], adapter["exact_match"]
-    expect(table.locator("tbody tr").nth(2).locator("td").nth(0)).to_have_text(
-        f"{match[0]['matched']} / 16 ({round(100 * match[0]['rate'])}%)"
-    )
-    expect(table.locator("tbody tr").nth(2).locator("td").nth(1)).to_have_text(
-        f"{match[1]['matched']} / 16 ({round(100 * match[1]['rate'])}%)"
-    )
+    for column, found in enumerate((base["exact_match"], adapter["exact_match"])):
+        percent = math.floor(100 * found["rate"] + 0.5)  # as JavaScript's Math.round
+        expect(table.locator("tbody tr").nth(2).locator("td").nth(column)).to_have_text(
+            f"{found['matched']} / 16 ({percent}%)"
+        )
     expect(page.locator("#evaluation-note")).to_contain_text("16 validation rows")
     # The validation loss is a point of the curve too.
     expect(page.locator("#loss-figure")).to_have_attribute("data-validation-points", "1")
