@@ -68,7 +68,10 @@ class TrainingPlan(BaseModel):
 
     validation_file: Path | None = None
     """Optional JSONL in the same format; when set, the loss on it is measured once at the end
-    (`eval_loss` in metrics.json). Costs one forward pass over the file."""
+    (`eval_loss` in metrics.json), and the base model is compared with the adapter on it
+    (`comparison` in metrics.json, `worker.evaluation`). Costs three forward passes over the
+    file, plus, for prompt/completion rows, greedy decoding of at most 64 rows x 64 new tokens
+    by each of the two models."""
 
     output_dir: Path
     """Run directory. Holds `checkpoints/checkpoint-<step>/` while training and

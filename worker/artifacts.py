@@ -6,8 +6,10 @@
 - `plan.json`: the command that reproduces the run, the resolved plan (every hyperparameter),
   the plan as requested, derived switches, device, warnings and library versions.
 - `metrics.json`: per-step loss and learning rate, final loss, tokens/s, measured peak memory
-  and the advisor's estimate from the plan (if any).
-- `loss.png`: training loss against optimizer step.
+  and the advisor's estimate from the plan (if any); with a validation file, `eval_loss` and
+  `comparison`, the base model against the adapter on it (`worker.evaluation`).
+- `loss.png`: training loss against optimizer step; with a validation file, the validation
+  loss at each evaluation beside it, and the base model's validation loss as a line.
 
 The directory is written under a temporary name in `output_dir` and moved into place with
 `os.replace`, so a reader sees either the previous complete adapter or the new complete one,
@@ -70,21 +72,54 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def plot_losses(path: Path, steps: list[int], losses: list[float]) -> None:
-    """Write a PNG of loss against optimizer step. Uses the Agg canvas directly: no pyplot, no
-    display, no global backend switch."""
+def loss_figure(
+    steps: list[int],
+    losses: list[float],
+    validation: list[tuple[int, float]] | None = None,
+    base_loss: float | None = None,
+) -> Any:
+    """A matplotlib Figure of loss against optimizer step: the training curve, the validation
+    loss at each evaluation (`(step, loss)` points) and the base model's validation loss as a
+    dotted horizontal line, each labelled. On the Agg canvas: no pyplot, no display, no global
+    backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(steps, losses, marker="." if len(steps) < 50 else None)
+    axes.plot(steps, losses, marker="." if len(steps) < 50 else None, label="training")
+    if validation:
+        axes.plot(
+            [s for s, _ in validation],
+            [v for _, v in validation],
+            marker="o",
+            linestyle="--" if len(validation) > 1 else "none",
+            color="tab:orange",
+            label="validation (adapter)",
+        )
+    if base_loss is not None:
+        axes.axhline(
+            base_loss, color="tab:gray", linestyle=":", label="validation, base model (no adapter)"
+        )
+    if validation or base_loss is not None:
+        axes.legend(loc="upper right", fontsize="small")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
+
+
+def plot_losses(
+    path: Path,
+    steps: list[int],
+    losses: list[float],
+    validation: list[tuple[int, float]] | None = None,
+    base_loss: float | None = None,
+) -> None:
+    """Write `loss_figure` as a PNG."""
+    loss_figure(steps, losses, validation, base_loss).savefig(path)
 
 
 def publish_dir(output_dir: Path, name: str, fill: Callable[[Path], None]) -> Path:
@@ -122,10 +157,13 @@ def write_adapter(
     steps: list[int],
     losses: list[float],
     state_dict: dict[str, Any] | None = None,
+    validation: list[tuple[int, float]] | None = None,
+    base_loss: float | None = None,
 ) -> dict[str, str]:
     """Publish `output_dir/adapter/` (adapter weights and the run record) atomically and return
     the paths of what it holds. `state_dict`: the model's full state when its own parameters
-    are shards (FSDP), else None."""
+    are shards (FSDP), else None. `validation` and `base_loss` go to loss.png
+    (`plot_losses`)."""
 
     def fill(directory: Path) -> None:
         if state_dict is None:
@@ -134,7 +172,7 @@ def write_adapter(
             model.save_pretrained(str(directory), state_dict=state_dict)
         write_json(directory / PLAN_FILE, plan)
         write_json(directory / METRICS_FILE, metrics)
-        plot_losses(directory / LOSS_PLOT, steps, losses)
+        plot_losses(directory / LOSS_PLOT, steps, losses, validation, base_loss)
 
     publish_dir(output_dir, ADAPTER_DIRNAME, fill)
     return artifact_paths(output_dir)

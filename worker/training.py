@@ -34,6 +34,11 @@ Semantics a caller relies on:
 - Memory: the peak since the start of the run, as `worker.memory_monitor` measures it (CUDA's
   allocator peaks on a GPU, the growth of the process's RSS on CPU). A run that raises (out of
   memory, say) carries the peak up to the error and its step on the exception (`failure_of`).
+- Evaluation: a succeeded run with a validation file ends with the base model (adapter
+  disabled) and the adapter scored on it (`worker.evaluation`): `comparison` in metrics.json,
+  an `evaluation` event, the base's loss as a line in loss.png. A comparison that fails is
+  recorded (its error, and a warning) and the run still succeeds; runs over several ranks
+  skip it.
 - Throughput: non-padding tokens (the attention mask's sum) per second of this call's
   training time.
 """
@@ -51,7 +56,16 @@ from pydantic import BaseModel
 
 from loracle import recipe
 from loracle.plan import TrainingPlan
-from worker import artifacts, cancelled, checkpoints, data, faults, modeling, safety
+from worker import (
+    artifacts,
+    cancelled,
+    checkpoints,
+    data,
+    evaluation,
+    faults,
+    modeling,
+    safety,
+)
 from worker.errors import LeaseLost
 from worker.memory_monitor import MemoryMonitor, PeakMemory
 
@@ -67,7 +81,8 @@ class TrainingHooks:
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
         """Something happened: `started`, `warning`, `resumed`, `checkpoint`, `cancelled`,
-        `stopped`, `finished`. `data` is JSON-serialisable."""
+        `stopped`, `evaluation` (the base against the adapter, `worker.evaluation`),
+        `finished`. `data` is JSON-serialisable."""
 
     def on_progress(
         self,
@@ -120,6 +135,9 @@ class TrainingResult(BaseModel):
     final_loss: float | None
     losses: list[StepLog]
     eval_loss: float | None = None
+    # The base model against the adapter on the validation file (worker.evaluation), at the
+    # end of a succeeded run with one; or why it was skipped, or the error it met.
+    comparison: dict[str, Any] | None = None
     tokens_seen: int
     tokens_per_second: float
     runtime_seconds: float
@@ -355,7 +373,7 @@ def run_training(
             )
         if train.truncated:
             warn(f"data: {train.truncated} of {train.rows} rows were cut to seq_len={plan.seq_len}")
-        evaluation = (
+        eval_examples = (
             data.tokenize_file(plan.validation_file, tokenizer, plan.seq_len).examples
             if plan.validation_file
             else None
@@ -368,7 +386,7 @@ def run_training(
                 plan, device, checkpoints_dir, **distributed.trainer_arguments(plan, device)
             ),
             train_dataset=train.examples,
-            eval_dataset=evaluation,
+            eval_dataset=eval_examples,
             data_collator=data.PadCollator(tokenizer.pad_token_id),
             optimizers=(recipe.build_optimizer(model, plan), None),
             callbacks=[callback, *faults.oom_callbacks(plan)],
@@ -401,7 +419,7 @@ def run_training(
             hooks.on_event("resumed", {"step": resumed_from, "checkpoint": str(checkpoint)})
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         eval_loss = None
-        if evaluation and callback.cancelled_at is None:
+        if eval_examples and callback.cancelled_at is None:
             eval_loss = float(trainer.evaluate()["eval_loss"])
     except BaseException as exc:
         steps = trainer.state.global_step if trainer is not None else None
@@ -452,11 +470,31 @@ def run_training(
     adapter_state = distributed.full_adapter_state(trainer)
     if not distributed.is_writer(trainer):
         return result
+    if result.status == "succeeded" and plan.validation_file:
+        result.comparison = evaluation.evaluate_run(
+            model,
+            tokenizer,
+            plan.validation_file,
+            plan.seq_len,
+            world_size=distributed.world()[1],
+            batch_size=plan.micro_batch_size,
+        )
+        hooks.on_event(
+            "evaluation",
+            {**result.comparison, "message": evaluation.describe(result.comparison)},
+        )
+        if "error" in result.comparison:
+            warn(evaluation.describe(result.comparison))
+            result.warnings = list(warnings)
     metrics = result.model_dump(mode="json", exclude={"artifacts", "kept"})
     metrics["estimate"] = plan.estimate
     metrics["optimizer_groups"] = optimizer_groups(trainer.optimizer, model)
     record = artifacts.plan_record(plan, requested=requested, device=device, warnings=warnings)
     logged_steps, logged_losses = [e.step for e in losses], [e.loss for e in losses]
+    # The last evaluation of a step counts (the final one repeats an eval_steps one).
+    validation = sorted(
+        {e["step"]: e["eval_loss"] for e in state.log_history if "eval_loss" in e}.items()
+    )
     if result.status == "cancelled":
         _ensure_owner(hooks, "what the cancelled run keeps")
         result.kept = cancelled.keep(
@@ -482,6 +520,8 @@ def run_training(
         steps=logged_steps,
         losses=logged_losses,
         state_dict=adapter_state,
+        validation=validation,
+        base_loss=evaluation.base_loss(result.comparison),
     )
     # eval_loss too: a page following the job's events draws the validation point from here.
     hooks.on_event(

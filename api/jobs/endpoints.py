@@ -115,7 +115,8 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 def get_job(job_id: str, s: DbDep, owner: OwnerDep) -> Any:
-    return service.job_out(_job(s, job_id, owner))
+    row = _job(s, job_id, owner)
+    return service.job_out(row, evaluation=service.job_evaluation(s, row.id))
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=error_responses(404))

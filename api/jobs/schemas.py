@@ -336,6 +336,19 @@ class JobOut(BaseModel):
         "QLoRA (always, for variant 'auto'). `variant`, `combine_with` and `hyperparameters` "
         "are what ran, after any retry's change (its `oom_retry` event says what changed).",
     )
+    evaluation: dict[str, Any] | None = Field(
+        default=None,
+        description="On GET of one job (null in lists), once a succeeded run with a "
+        "validation file ended: the base model (adapter disabled) against the adapter on the "
+        "validation file, as metrics.json's `comparison`. `base` and `adapter` each hold "
+        "`loss` (mean cross-entropy per trained token, nats), `perplexity` (exp of loss) and "
+        "`exact_match` (prompt/completion files only, else null: `matched` of `rows` greedy "
+        "completions equal to the reference, as token ids up to the first eos; the first 64 "
+        "rows, at most 64 new tokens; `skipped` rows that did not fit; `rate`); `delta` is "
+        'adapter minus base; `validation_rows`, `tokens`, `format`. Instead `{"skipped": '
+        'why}` for a run over several ranks, or `{"error": what}` when the comparison '
+        "failed (the job succeeded all the same).",
+    )
 
 
 class JobList(BaseModel):

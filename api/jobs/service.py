@@ -57,7 +57,9 @@ def _ts(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def job_out(row: JobRow) -> JobOut:
+def job_out(row: JobRow, evaluation: dict[str, Any] | None = None) -> JobOut:
+    """The job as the API shows it. `evaluation`: its base-vs-adapter comparison
+    (`job_evaluation`), read for one job at a time, not for lists."""
     total = row.total_steps
     progress = 1.0 if row.status == store.SUCCEEDED else (row.step / total if total else 0.0)
     measured = row.measured_peak or None
@@ -122,7 +124,19 @@ def job_out(row: JobRow) -> JobOut:
         user_provided_suffix=row.suffix,
         from_checkpoint=(row.method or {}).get("from_checkpoint"),
         allow_variant_change=bool((row.method or {}).get("allow_variant_change", False)),
+        evaluation=evaluation,
     )
+
+
+def job_evaluation(s: Session, job_id: str) -> dict[str, Any] | None:
+    """The comparison of the base model and the adapter on the validation file that the
+    worker recorded at the end of the run: the data of the job's newest `evaluation` event
+    (also metrics.json's `comparison`), without its message. None before it, or without a
+    validation file."""
+    events = store.events_of_type(s, job_id, ["evaluation"])
+    if not events:
+        return None
+    return {k: v for k, v in (events[-1].data or {}).items() if k != "message"}
 
 
 def _gib(value: Any) -> float | None:

@@ -69,6 +69,27 @@ def write_jsonl(path: Path | str, fmt: DataFormat, n_rows: int, seed: int = 0) -
     return path
 
 
+FIXED_COMPLETION = " alpha bravo"
+
+
+def write_fixed_completion_jsonl(path: Path | str, n_rows: int, seed: int = 0) -> Path:
+    """`n_rows` prompt/completion rows whose prompts vary (two words of the cycle) and whose
+    completion is always `FIXED_COMPLETION`: a task a LoRA adapter on the tiny model learns
+    within 30 steps to answer exactly (greedy), where its random base never does."""
+    rng = random.Random(seed)
+    rows = [
+        {
+            "prompt": f"continue the sequence from {walk(rng.randrange(len(CYCLE_WORDS)), 2)}:",
+            "completion": FIXED_COMPLETION,
+        }
+        for _ in range(n_rows)
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def plan_dict(model_dir: Path | str, train_file: Path | str, output_dir: Path | str, **overrides):
     """A small, fast training plan (as a dict) for the tiny model: 30 steps of seq_len 32.
 

@@ -74,12 +74,15 @@ def _losses(result: dict[str, Any]) -> dict[int, float]:
 def runs(tmp_path_factory, tiny_model: Path, train_file: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("distributed")
     out: dict[str, Any] = {"tmp": tmp}
-    plan = _plan(tmp, tiny_model, train_file, "two", **TWO_RANKS)
+    # With a validation file: the 1-process run ends with the base-vs-adapter comparison,
+    # the 2-rank run skips it.
+    valid = {"validation_file": str(train_file.with_name("text-validation.jsonl"))}
+    plan = _plan(tmp, tiny_model, train_file, "two", **TWO_RANKS, **valid)
     started = time.monotonic()
     out["two"] = _torchrun(plan, tmp / "two-result.json", 2)
     out["two_seconds"] = time.monotonic() - started
     out["two_result"] = json.loads((tmp / "two-result.json").read_text())
-    one = _plan(tmp, tiny_model, train_file, "one", **ONE_PROCESS)
+    one = _plan(tmp, tiny_model, train_file, "one", **ONE_PROCESS, **valid)
     out["one"] = subprocess.run(
         [sys.executable, "-m", "worker", "train", "--plan", str(one)],
         cwd=ROOT,
@@ -118,6 +121,20 @@ def test_every_rank_trains_every_step_and_only_rank_0_writes_the_adapter(runs):
     # the result is rank 0's, on the --result file and not on stdout
     assert runs["two"].stdout.strip() == ""
     assert runs["two_result"]["artifacts"]["adapter_dir"] == str(output / "adapter")
+
+
+def test_several_ranks_skip_the_base_against_the_adapter_and_say_so(runs):
+    from worker.evaluation import MULTI_RANK_SKIP
+
+    skipped = {"skipped": MULTI_RANK_SKIP}
+    metrics = json.loads((runs["tmp"] / "two" / "adapter" / "metrics.json").read_text())
+    assert metrics["comparison"] == runs["two_result"]["comparison"] == skipped
+    events = [json.loads(line) for line in runs["two"].stderr.splitlines() if line[:2] == '{"']
+    (event,) = [e for e in events if e.get("event") == "evaluation"]  # rank 0's, once
+    assert event["skipped"] == MULTI_RANK_SKIP and event["message"].startswith("evaluation skipped")
+    # The same plan in one process compares them.
+    one = runs["one_result"]["comparison"]
+    assert one["validation_rows"] == 8 and one["adapter"]["loss"] < one["base"]["loss"]
 
 
 def test_a_killed_rank_ends_the_launch_and_the_checkpoints_resume_on_two_ranks(

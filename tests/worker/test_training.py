@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import torch
 
 from loracle.plan import load_plan
 from loracle.recipe import model_load_kwargs
-from tests.utils.builders import RecordingHooks, plan_dict
-from worker import artifacts
+from tests.utils.builders import RecordingHooks, plan_dict, write_fixed_completion_jsonl
+from worker import artifacts, evaluation
 from worker.checkpoints import CHECKPOINT_FILES, find_resumable_checkpoint, seal_checkpoint
 from worker.training import run_training
 
@@ -192,6 +193,137 @@ def test_same_seed_same_losses(trained, tiny_model, data_dir, tmp_path):
     plan, result, _ = trained("lora")
     again = run_training(plan.model_copy(update={"output_dir": tmp_path}))
     assert [s.loss for s in again.losses] == [s.loss for s in result.losses]
+
+
+# ---- the base against the adapter at the end --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fixed_completion(tiny_model, tmp_path_factory):
+    """A run on a task the adapter learns to answer exactly (a fixed completion whatever the
+    prompt), with validation every 10 steps; returns (plan, result, hooks)."""
+    data = tmp_path_factory.mktemp("fixed-completion")
+    train = write_fixed_completion_jsonl(data / "train.jsonl", 64, seed=0)
+    valid = write_fixed_completion_jsonl(data / "valid.jsonl", 16, seed=1)
+    plan = load_plan(
+        plan_dict(tiny_model, train, data / "run", validation_file=str(valid), eval_steps=10)
+    )
+    hooks = RecordingHooks()
+    return plan, run_training(plan, hooks), hooks
+
+
+def test_the_job_ends_with_the_base_against_the_adapter(fixed_completion):
+    # Measured on the tiny model: base loss 5.97 (perplexity 390), exact match 0/16; the
+    # adapter after 30 steps 4.71 (111), 16/16.
+    _, result, hooks = fixed_completion
+    assert result.status == "succeeded"
+    metrics = json.loads(Path(result.artifacts["metrics"]).read_text())
+    comparison = metrics["comparison"]
+    assert comparison == result.comparison
+    assert comparison["format"] == "prompt_completion" and comparison["validation_rows"] == 16
+    base, adapter = comparison["base"], comparison["adapter"]
+    assert base["exact_match"] == {"matched": 0, "rows": 16, "skipped": 0, "rate": 0.0}
+    assert adapter["exact_match"]["rows"] == 16 and adapter["exact_match"]["matched"] >= 14
+    assert adapter["loss"] < base["loss"] - 0.5
+    assert adapter["perplexity"] == pytest.approx(math.exp(adapter["loss"]))
+    assert comparison["delta"]["loss"] == pytest.approx(adapter["loss"] - base["loss"])
+    assert comparison["delta"]["exact_match"] == adapter["exact_match"]["rate"] >= 14 / 16
+    # Every validation row has as many trained tokens: the per-token mean is the Trainer's.
+    assert adapter["loss"] == pytest.approx(result.eval_loss, rel=1e-4)
+
+    (event,) = hooks.of_type("evaluation")
+    assert {k: v for k, v in event.items() if k != "message"} == comparison
+    assert event["message"].startswith("validation: base loss ")
+    assert f"exact match 0/16 -> {adapter['exact_match']['matched']}/16" in event["message"]
+    types = [kind for kind, _ in hooks.events]
+    assert types.index("evaluation") < types.index("finished")
+
+
+def test_loss_plot_draws_validation_beside_training_and_the_base_as_a_line(fixed_completion):
+    _, result, _ = fixed_completion
+    comparison = result.comparison or {}
+    validation = [(10, 5.2), (20, 4.9), (30, result.eval_loss or 0.0)]
+    figure = artifacts.loss_figure(
+        [s.step for s in result.losses],
+        [s.loss for s in result.losses],
+        validation,
+        comparison["base"]["loss"],
+    )
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == {"training", "validation (adapter)", "validation, base model (no adapter)"}
+    assert list(lines["validation (adapter)"].get_xdata()) == [10, 20, 30]
+    assert set(lines["validation, base model (no adapter)"].get_ydata()) == {
+        comparison["base"]["loss"]
+    }
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == list(lines)
+    png = Path(result.artifacts["loss_plot"]).read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_validation_points_of_the_run_are_those_of_each_evaluation(fixed_completion, monkeypatch):
+    """What the run hands to loss.png: one validation point per evaluation step (the final
+    evaluation repeats step 30's), and the base model's loss."""
+    plan, _, _ = fixed_completion
+    drawn = {}
+
+    def record(path, steps, losses, validation=None, base_loss=None):
+        drawn.update(validation=validation, base_loss=base_loss)
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(artifacts, "plot_losses", record)
+    again = run_training(plan.model_copy(update={"output_dir": plan.output_dir.parent / "again"}))
+    assert [step for step, _ in drawn["validation"]] == [10, 20, 30]
+    assert drawn["validation"][-1][1] == pytest.approx(again.eval_loss)
+    assert drawn["base_loss"] == (again.comparison or {})["base"]["loss"]
+
+
+def test_a_failed_comparison_is_recorded_and_the_job_still_succeeds(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no memory left for the comparison")
+
+    monkeypatch.setattr(evaluation, "compare", broken)
+    plan = load_plan(
+        plan_dict(
+            tiny_model,
+            data_dir / "prompt_completion.jsonl",
+            tmp_path,
+            validation_file=str(data_dir / "prompt_completion-validation.jsonl"),
+            max_steps=2,
+        )
+    )
+    hooks = RecordingHooks()
+    result = run_training(plan, hooks)
+    assert result.status == "succeeded"
+    adapter = Path(result.artifacts["adapter_dir"])
+    assert (adapter / "adapter_model.safetensors").is_file()
+    metrics = json.loads((adapter / artifacts.METRICS_FILE).read_text())
+    error = "RuntimeError: no memory left for the comparison"
+    assert metrics["comparison"] == {"error": error}
+    (event,) = hooks.of_type("evaluation")
+    assert event["error"] == error and "saved all the same" in event["message"]
+    assert any(error in w["message"] for w in hooks.of_type("warning"))
+    assert any(error in w for w in metrics["warnings"])
+    assert hooks.of_type("finished")
+
+
+def test_runs_without_validation_or_cancelled_have_no_comparison(tiny_model, data_dir, tmp_path):
+    result = run_training(small_plan(tiny_model, data_dir, tmp_path / "plain", max_steps=2))
+    assert result.status == "succeeded" and result.comparison is None
+    assert "comparison" in json.loads(Path(result.artifacts["metrics"]).read_text())
+    hooks = RecordingHooks(stop_after=1)
+    cancelled = run_training(
+        small_plan(
+            tiny_model,
+            data_dir,
+            tmp_path / "cancelled",
+            validation_file=str(data_dir / "text-validation.jsonl"),
+        ),
+        hooks,
+    )
+    assert cancelled.status == "cancelled" and not hooks.of_type("evaluation")
 
 
 # ---- cancel and resume ------------------------------------------------------------------------

@@ -93,6 +93,64 @@ function renderJob() {
   $("#resume").hidden = !actions.resume || job.status !== "paused";
   renderMemory();
   renderDecision();
+  renderEvaluation();
+}
+
+/** The worker's comparison at the end of a run with a validation file (GET job's evaluation). */
+function renderEvaluation() {
+  const ev = job.evaluation;
+  const panel = $("#evaluation-panel");
+  panel.hidden = !ev;
+  if (!ev) return;
+  const table = $("#evaluation");
+  const note = $("#evaluation-note");
+  if (!ev.base || !ev.adapter) {
+    table.replaceChildren();
+    table.closest(".table-wrap").hidden = true;
+    note.textContent = ev.error
+      ? `The comparison failed (${ev.error}); the adapter was trained and saved all the same.`
+      : `The comparison was skipped: ${ev.skipped || "no reason given"}.`;
+    return;
+  }
+  table.closest(".table-wrap").hidden = false;
+  const fixed = (digits) => (v) => (v == null ? "–" : Number(v).toFixed(digits));
+  const signed = (digits) => (v) => (v == null ? "–" : `${v > 0 ? "+" : ""}${Number(v).toFixed(digits)}`);
+  const match = (m) => (m && m.rows ? `${m.matched} / ${m.rows} (${Math.round(100 * m.rate)}%)` : "–");
+  const rows = [
+    ["Validation loss", ev.base.loss, ev.adapter.loss, ev.delta.loss, fixed(4), signed(4)],
+    ["Perplexity", ev.base.perplexity, ev.adapter.perplexity, ev.delta.perplexity, fixed(2), signed(2)],
+  ];
+  if (ev.base.exact_match) {
+    rows.push([
+      "Exact match (greedy)",
+      ev.base.exact_match,
+      ev.adapter.exact_match,
+      ev.delta.exact_match,
+      match,
+      (v) => (v == null ? "–" : `${v > 0 ? "+" : ""}${Math.round(100 * v)} pts`),
+    ]);
+  }
+  table.replaceChildren(
+    h("caption", { class: "visually-hidden" }, "The base model and the adapter on the validation file"),
+    h(
+      "thead",
+      {},
+      h("tr", {}, ["", "Base model", "Adapter", "Change"].map((c, i) => h(i ? "th" : "td", i ? { scope: "col" } : {}, c))),
+    ),
+    h(
+      "tbody",
+      {},
+      rows.map(([name, b, a, d, show, change]) =>
+        h("tr", {}, h("th", { scope: "row" }, name), h("td", { class: "num" }, show(b)), h("td", { class: "num" }, show(a)), h("td", { class: "num" }, change(d))),
+      ),
+    ),
+  );
+  const skipped = ev.adapter.exact_match && ev.adapter.exact_match.skipped;
+  note.textContent =
+    `${ev.validation_rows} validation rows, ${ev.tokens} trained tokens; loss per trained token, the base with the adapter disabled.` +
+    (ev.base.exact_match
+      ? ` Exact match: greedy completions of the first ${ev.max_match_rows} prompt/completion rows (at most ${ev.max_new_tokens} new tokens) equal to the reference${skipped ? `; ${skipped} rows did not fit and were left out` : ""}.`
+      : "");
 }
 
 function showProgress(step, total, eta, progress) {
