@@ -22,9 +22,7 @@ PROMPTS = ["alpha bravo charlie", "echo foxtrot"]
 @pytest.fixture(scope="module")
 def adapter(tiny_model: Path, train_file: Path, tmp_path_factory) -> Path:
     plan = load_plan(
-        plan_dict(
-            tiny_model, train_file, tmp_path_factory.mktemp("try-run"), max_steps=30, seed=0
-        )
+        plan_dict(tiny_model, train_file, tmp_path_factory.mktemp("try-run"), max_steps=30, seed=0)
     )
     result = run_training(plan)
     assert result.status == "succeeded"
