@@ -41,7 +41,7 @@ class PromptTooLong(ValueError):
     def __init__(self, index: int, tokens: int, window: int, max_new_tokens: int) -> None:
         self.limit = window - max_new_tokens
         super().__init__(
-            f"prompts[{index}] is {tokens} tokens; the model's context is {window} tokens, so "
+            f"prompts.{index} is {tokens} tokens; the model's context is {window} tokens, so "
             f"with max_new_tokens {max_new_tokens} a prompt may have at most {self.limit}: "
             "shorten it or lower max_new_tokens"
         )

@@ -59,11 +59,11 @@ def check_length(settings: Settings, row: JobRow, body: TryCreate) -> None:
             "prompt_too_long",
             f"a prompt may have at most {limit} tokens: the model's context is {window} "
             f"tokens and max_new_tokens is {body.max_new_tokens}; shorten "
-            + ", ".join(f"prompts[{i}] ({counts[i]} tokens)" for i in bad)
+            + ", ".join(f"prompts.{i} ({counts[i]} tokens)" for i in bad)
             + " or lower max_new_tokens",
             [
                 Problem(
-                    f"prompts[{i}]",
+                    f"prompts.{i}",
                     f"{counts[i]} tokens, more than the {limit} this model's context of "
                     f"{window} leaves beside max_new_tokens {body.max_new_tokens}",
                     None,

@@ -70,7 +70,7 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_limit(adapter: Pat
     with pytest.raises(PromptTooLong) as raised:
         side_by_side(adapter, prompts=["alpha", long], max_new_tokens=12)
     assert raised.value.limit == 500
-    assert "prompts[1]" in str(raised.value) and "at most 500" in str(raised.value)
+    assert "prompts.1" in str(raised.value) and "at most 500" in str(raised.value)
     # The API's count (the tokenizers library alone) is the worker's.
     from worker.modeling import load_tokenizer
 
