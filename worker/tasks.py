@@ -260,6 +260,15 @@ def main_inference(loglevel: str = "info") -> None:
     if parent:
         _exit_with_parent(int(parent))
     apply_allocator_conf()
+    # The training stack, imported before the first try rather than by it: 5-30 s on a busy
+    # machine that the first try would otherwise wait (measured: 27 s of a 30 s try on two
+    # cores that a training job kept busy). CUDA is not initialised here.
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import worker.tryout  # noqa: F401
+
     queue = placement.inference_queue(klass)
     os.environ["LORACLE_WORKER_QUEUES"] = queue  # for the ready line
     app.worker_main(
