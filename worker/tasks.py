@@ -89,9 +89,11 @@ def _forward_shutdown(sig: str, how: str, **_: Any) -> None:
     token."""
     shutdown.forward_to_pool(sig, how)
     _stop_inference_consumer()
-    from worker.inference import request_stop
-
-    request_stop()
+    # Looked up, not imported: no import in a signal handler. Loaded in the inference
+    # consumer (main_inference imports it), where alone it has work to stop.
+    inference = sys.modules.get("worker.inference")
+    if inference is not None:
+        inference.request_stop()
 
 
 @app.task(name=RUN_JOB, acks_late=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import DbDep, OwnerDep, QueueDep, SettingsDep
 from api.errors import ApiError
-from api.jobs.endpoints import PREFIX, _job
+from api.jobs.endpoints import PREFIX
 from api.schemas import ErrorOut, error_responses
 from api.tries import service
 from api.tries.schemas import TryCreate, TryOut
@@ -53,7 +53,7 @@ def try_job(
     settings: the adapter disabled (`base`), then enabled (`adapter`). It runs on a queue of
     its own, never behind a training job, and never in this process. Answered 200 with the
     completions when they come within LORACLE_TRY_WAIT_S, else 202: follow `url`."""
-    row = _job(s, job_id, owner)
+    row = service.job(s, job_id, owner)
     service.check_job(row)
     service.check_length(settings, row, body)
     klass = service.card_class(s, row)
@@ -83,5 +83,5 @@ def try_job(
 def get_try(job_id: str, try_id: str, s: DbDep, owner: OwnerDep, settings: SettingsDep) -> Any:
     """A try of one of this key's jobs; one unfinished LORACLE_TRY_TIMEOUT_S after it was
     asked is answered as failed (`try_timeout`)."""
-    _job(s, job_id, owner)
+    service.job(s, job_id, owner)
     return service.out(service.get(s, settings, job_id, try_id, owner), PREFIX)

@@ -22,6 +22,14 @@ from loracle.store.models import JobRow, TryRow
 RETRY_AFTER_S = 5
 
 
+def job(s: Session, job_id: str, owner: str | None) -> JobRow:
+    """The caller's job; another key's is not found, as if it did not exist."""
+    row = store.get_job(s, job_id, owner)
+    if row is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}; list yours with GET /v1/jobs")
+    return row
+
+
 def check_job(row: JobRow) -> None:
     if row.status != store.SUCCEEDED:
         raise ApiError(
