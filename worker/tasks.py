@@ -183,6 +183,7 @@ INFERENCE_STOP_S = 20.0
 
 _consumer: dict[str, subprocess.Popen[bytes]] = {}
 _consumer_signalled = threading.Event()
+_consumer_lock = threading.Lock()
 
 
 def start_inference_consumer(loglevel: str, log_format: str) -> subprocess.Popen[bytes]:
@@ -210,12 +211,48 @@ def start_inference_consumer(loglevel: str, log_format: str) -> subprocess.Popen
     return child
 
 
+def supervise_inference_consumer(loglevel: str, log_format: str) -> threading.Thread:
+    """Start another inference consumer when this one exits while the worker runs (killed
+    for its memory by a model too large, or stopped alone), after 1 s, then 2, 4, ... at most
+    60 s apart while it keeps exiting within a minute: tries are not left without a consumer
+    until their timeout. Returns the watching thread (a daemon of the worker's main
+    process)."""
+
+    def watch() -> None:
+        delay, since = 1.0, time.monotonic()
+        while not _consumer_signalled.wait(1.0):
+            code = _consumer["child"].poll()  # reaps an exited one
+            if code is None:
+                continue
+            if time.monotonic() - since > 60:
+                delay = 1.0
+            log.warning(
+                "the inference consumer exited (code %s); starting another in %.0f s",
+                code,
+                delay,
+            )
+            if _consumer_signalled.wait(delay):
+                return
+            with _consumer_lock:
+                if _consumer_signalled.is_set():
+                    return
+                start_inference_consumer(loglevel, log_format)
+            delay, since = min(delay * 2, 60.0), time.monotonic()
+
+    thread = threading.Thread(target=watch, name="inference-consumer", daemon=True)
+    thread.start()
+    return thread
+
+
 def _stop_inference_consumer() -> None:
-    """Ask the inference consumer to stop (a warm shutdown), once."""
-    child = _consumer.get("child")
-    if child is None or _consumer_signalled.is_set():
+    """Ask the inference consumer to stop (a warm shutdown), once, and start no other. Runs
+    in a signal handler of the main thread; the lock is only ever held by the supervising
+    thread, for one `Popen`."""
+    if "child" not in _consumer or _consumer_signalled.is_set():
         return
-    _consumer_signalled.set()
+    with _consumer_lock:
+        _consumer_signalled.set()
+        child = _consumer["child"]
     if child.poll() is None:
         with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
             child.send_signal(signal.SIGTERM)
@@ -223,10 +260,10 @@ def _stop_inference_consumer() -> None:
 
 def stop_inference_consumer(wait_s: float = INFERENCE_STOP_S) -> None:
     """Stop the inference consumer and wait for it; killed after `wait_s`."""
-    child = _consumer.get("child")
-    if child is None:
+    if "child" not in _consumer:
         return
     _stop_inference_consumer()
+    child = _consumer["child"]
     try:
         child.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
@@ -277,8 +314,8 @@ def main_inference(loglevel: str = "info") -> None:
         [
             "worker",
             f"--loglevel={loglevel}",
-            # One try at a time in this process: the model of a try is loaded, used and freed
-            # before the next; no pool process to fork, and no second copy of torch.
+            # One try at a time, in this process: a try's model is loaded, used and freed
+            # before the next is taken, and there is no pool process to fork.
             "--pool=solo",
             "--concurrency=1",
             "--without-gossip",
@@ -346,6 +383,7 @@ def main(
     )
     if inference:
         start_inference_consumer(loglevel, log_format)
+        supervise_inference_consumer(loglevel, log_format)
     try:
         app.worker_main(
             [

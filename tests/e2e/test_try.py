@@ -121,3 +121,55 @@ def test_the_inference_consumer_stops_when_its_worker_is_killed(
         wait_for(lambda: not consumer.is_running(), 60, "the orphaned consumer to stop")
     finally:
         service.stop()
+
+
+def test_a_try_being_generated_stops_promptly_when_its_consumer_is_stopped(
+    tmp_path: Path, model_root: Path, tiny_model: Path, train_file: Path
+):
+    """SIGTERM to the consumer mid-generation: the try stops at its next token and fails
+    with `worker_shutdown` (ask again), and the consumer exits in seconds, not after the
+    whole try."""
+    service = Service.create(tmp_path / "svc", model_root, LORACLE_TRY_WAIT_S="0")
+    service.start_api()
+    try:
+        worker = service.start_worker("--memory-gib", "24")
+        consumer = inference_consumer(worker.pid)
+        client = service.client()
+        file_id = service.upload(train_file)["id"]
+        job = service.submit(
+            {
+                "model": str(tiny_model),
+                "training_file": file_id,
+                "variant": "lora",
+                "hyperparameters": {**FAST, "max_steps": 4},
+            }
+        )
+        assert service.wait(job["id"])["status"] == "succeeded", service.log_tail()
+        # 8 prompts x 2 sides x 500 tokens, sampled: far longer than the stop may take.
+        body = {"prompts": ["alpha"] * 8, "max_new_tokens": 500, "temperature": 1.0}
+        answer = client.post(f"/v1/jobs/{job['id']}/try", json=body)
+        assert answer.status_code == 202, answer.text
+        asked = answer.json()
+        wait_for(
+            lambda: client.get(asked["url"]).json()["status"] == "running",
+            60,
+            "the try to start",
+            service,
+        )
+        time.sleep(0.5)  # into the generation (the tiny model loads in a fraction of that)
+        consumer.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        wait_for(lambda: not consumer.is_running(), 30, "the consumer to stop", service)
+        assert time.monotonic() - stopped < 15, "stopped at a token, not after the try"
+        done = client.get(asked["url"]).json()
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "worker_shutdown", done
+        assert "ask again" in done["error"]["message"]
+
+        # The worker, still running, starts another consumer, which takes the next try.
+        again = inference_consumer(worker.pid)
+        assert again.pid != consumer.pid
+        answer = client.post(f"/v1/jobs/{job['id']}/try", json={"prompts": ["alpha"]})
+        assert follow(service, answer.json())["status"] == "succeeded", service.log_tail()
+    finally:
+        service.stop()
