@@ -28,6 +28,7 @@ from api.jobs.endpoints import router as jobs_router
 from api.limits import BodyLimit
 from api.schemas import error_responses
 from api.security import configuration_problem, get_owner, require_worker
+from api.tries.endpoints import router as tries_router
 from api.webhooks.endpoints import router as webhooks_router
 from api.worker_files.endpoints import router as worker_files_router
 from loracle.dispatch import dispatch_pending
@@ -136,16 +137,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (catalog_router, files_router, fleet_router, calibration_router, webhooks_router)
     for router in routers:
         app.include_router(router, dependencies=authenticated, responses=documented)
-    app.include_router(
-        jobs_router, prefix=jobs.PREFIX, dependencies=authenticated, responses=documented
-    )
-    app.include_router(
-        jobs_router,
-        prefix=jobs.ALIAS,
-        dependencies=authenticated,
-        responses=documented,
-        include_in_schema=False,
-    )
+    for router in (jobs_router, tries_router):
+        app.include_router(
+            router, prefix=jobs.PREFIX, dependencies=authenticated, responses=documented
+        )
+        app.include_router(
+            router,
+            prefix=jobs.ALIAS,
+            dependencies=authenticated,
+            responses=documented,
+            include_in_schema=False,
+        )
     # A remote worker's file transfers: a worker token, never an API key (api/worker_files).
     app.include_router(
         worker_files_router, dependencies=[Depends(require_worker)], responses=documented

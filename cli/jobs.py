@@ -5,6 +5,7 @@
   loracle jobs watch JOB            (a live progress bar: step, loss, ETA; events above it)
   loracle jobs download JOB -o adapter/
   loracle jobs merge JOB -o merged/   (a worker merges the adapter into its base; fetch it)
+  loracle jobs try JOB "a prompt"     (the base's and the adapter's completions, side by side)
 
 Every command talks to the REST API (cli/client.py) and, with ``--json``, prints exactly what
 the API answered. ``watch`` exits 0 when the job succeeded and 1 when it failed or was
@@ -656,3 +657,77 @@ def _fetch_merged(client: Client, job_id: str, folder: Path) -> None:
                 members.append(member)
         archive.extractall(folder, members=members, filter="data")
     partial.unlink()
+
+
+TRY_FIELDS = FieldMap(
+    {
+        "prompts": "prompts",
+        "max_new_tokens": "max_new_tokens",
+        "temperature": "temperature",
+        "seed": "seed",
+    }
+)
+
+
+@app.command("try")
+def try_adapter(
+    ctx: typer.Context,
+    job_id: JobArg,
+    prompts: Annotated[
+        list[str], typer.Argument(help="1 to 8 prompts", show_default=False, metavar="PROMPT...")
+    ],
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens generated at most per prompt and side (1-512)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0: greedy (the default); up to 2: sampling")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="The seed of both sides' sampling (default 0)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the completions")] = 300.0,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Complete prompts with a succeeded job's base model and with its adapter, side by side,
+    on a worker; waits for the completions. Exits 1 when the try fails."""
+    body = TRY_FIELDS.body(
+        {
+            "prompts": prompts,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
+    )
+    with Client(url, api_key) as client:
+        try:
+            answer = client.post(f"/v1/fine_tuning/jobs/{job_id}/try", json=body)
+            deadline = time.monotonic() + timeout
+            while answer["status"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.5)
+                answer = client.get(answer["url"])
+        except ApiFailure as exc:
+            fail(exc, TRY_FIELDS, ctx)
+    if as_json:
+        print_json(answer)
+    elif answer["status"] == "succeeded":
+        table = Table(box=box.SIMPLE_HEAD, show_lines=True)
+        for column in ("prompt", "base", f"adapter ({job_id})"):
+            table.add_column(column, overflow="fold")
+        for c in answer["completions"]:
+            table.add_row(escape(c["prompt"]), escape(c["base"]), escape(c["adapter"]))
+        console.print(table)
+        console.print(
+            f"{answer['device']}, {answer['base_weights']} base weights; loaded in "
+            f"{answer['load_seconds']:.2f} s, generated in {answer['generate_seconds']:.2f} s",
+            soft_wrap=True,
+        )
+    elif answer["status"] == "failed":
+        say_error(
+            f"try {answer['id']} failed ({answer['error']['code']}): {answer['error']['message']}"
+        )
+    else:
+        say_error(f"try {answer['id']} still {answer['status']} after {timeout:g} s")
+    if answer["status"] != "succeeded":
+        raise typer.Exit(1)

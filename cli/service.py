@@ -102,8 +102,24 @@ def worker(
             "resources.gpus: 2 jobs as 2 processes on the CPU; for CPU workers and tests",
         ),
     ] = None,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference/--no-inference",
+            help="Also start the inference consumer, which runs tries (POST .../try) on a "
+            "queue of their own, one at a time, beside the training jobs",
+        ),
+    ] = True,
+    inference_only: Annotated[
+        bool,
+        typer.Option(
+            "--inference-only",
+            help="Run only the inference consumer (what `loracle worker` starts beside itself)",
+        ),
+    ] = False,
 ) -> None:
-    """Run a Celery worker that trains jobs (reads the LORACLE_* environment)."""
+    """Run a Celery worker that trains jobs, and its inference consumer that runs tries
+    (reads the LORACLE_* environment)."""
     import os
 
     from loracle.settings import get_settings
@@ -116,13 +132,21 @@ def worker(
     quiet_third_parties()
     if log_format == "json":
         json_celery_logging()
+    if inference_only:
+        _announce_ready(ready_file, "inference consumer")
+        from worker.tasks import main_inference
+
+        main_inference(loglevel=loglevel)
+        return
     _announce_ready(ready_file)
     from worker.tasks import main as worker_main
 
-    worker_main(concurrency=concurrency, loglevel=loglevel)
+    worker_main(
+        concurrency=concurrency, loglevel=loglevel, inference=inference, log_format=log_format
+    )
 
 
-def _announce_ready(ready_file: Path | None) -> None:
+def _announce_ready(ready_file: Path | None, what: str = "worker") -> None:
     """Celery's start-up banner (20 lines of ASCII art and settings, printed outside its
     logging, so no log format applies) gives way to one log line once the worker takes
     jobs: the queue, how many at once, the broker (password hidden) and the cards."""
@@ -142,7 +166,8 @@ def _announce_ready(ready_file: Path | None) -> None:
     def ready(sender: Any, **_: Any) -> None:
         cards = os.environ.get("CUDA_VISIBLE_DEVICES") or "none, training on the CPU"
         logging.getLogger("loracle.worker").info(
-            "worker ready: queues %s, %s job(s) at once, broker %s, cards %s",
+            "%s ready: queues %s, %s job(s) at once, broker %s, cards %s",
+            what,
             os.environ.get("LORACLE_WORKER_QUEUES", "?"),
             sender.pool.num_processes if sender.pool else "?",
             where,

@@ -49,6 +49,23 @@ def queue_for(klass: str, cards: int) -> str:
     return f"{QUEUE_PREFIX}.{klass}.x{cards}"
 
 
+# Tries (POST /v1/fine_tuning/jobs/{id}/try) go to their class's inference queue, which each
+# worker's inference consumer takes alone, one try at a time: a try never waits behind a
+# training job of the class's queues, and never holds a training worker's pool process.
+INFERENCE = "infer"
+
+
+def inference_queue(klass: str) -> str:
+    return f"{QUEUE_PREFIX}.{INFERENCE}.{klass}"
+
+
+def class_of_queue(queue: str | None) -> str | None:
+    """The card class of a training queue (`loracle.<class>.x<cards>`), or None for another
+    name (the default queue `loracle` of jobs stored before placement existed)."""
+    match = re.fullmatch(rf"{QUEUE_PREFIX}\.(.+)\.x\d+", queue or "")
+    return match.group(1) if match else None
+
+
 def queues_of(klass: str, cards: int, concurrency: int) -> list[str]:
     """The queues a worker consumes: one card per job for each of its pool processes, or, when
     it runs one job at a time, any number of its cards up to all of them."""

@@ -41,6 +41,10 @@ RUN_JOB = "loracle.run_job"
 # the job can reach its base model and its files. The merge itself runs on that worker's CPU
 # (worker/merge.py says why), one pool process for a few seconds to minutes.
 MERGE_JOB = "loracle.merge_job"
+# Generate completions from a job's base and from its adapter (worker.tasks.try_job), for a try
+# the API stored (loracle.store.tries). Sent to the job's class's inference queue
+# (loracle.placement.inference_queue), which only the workers' inference consumers take.
+TRY_JOB = "loracle.try_job"
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:

@@ -160,6 +160,30 @@ class Settings(BaseSettings):
         "before starting the job), is sent again.",
     )
 
+    # -- trying an adapter (POST /v1/fine_tuning/jobs/{id}/try) ----------------------------
+    try_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Tries of one key queued or running at once; one more is answered 429 "
+        "with Retry-After. Each try loads the base and the adapter on a worker's inference "
+        "consumer, one try at a time per worker.",
+    )
+    try_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A try still queued or running this long after it was asked is answered "
+        "as failed (`try_timeout`), and no longer counts against its key's limit; a worker "
+        "that takes it later skips it, and one generating stops at its next token.",
+    )
+    try_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long POST .../try waits for the completions before it answers 202 "
+        "with the try to poll (GET .../tries/{try_id}); 0 answers 202 at once. The wait holds "
+        "one of the API's worker threads.",
+    )
+
     # -- workers on other hosts (docs/operations.md, "Two hosts") -------------------------
     api_url: str | None = Field(
         default=None,

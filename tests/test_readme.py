@@ -349,3 +349,37 @@ def test_the_merge_example_runs_as_written(
         assert service.wait(again["id"])["status"] == "succeeded", service.log_tail()
     finally:
         service.stop()
+
+
+@pytest.mark.e2e
+def test_the_try_example_runs_as_written(tmp_path: Path, model_root: Path, tiny_model: Path):
+    """ "After training: try it": its curl block, run in bash as written against a real API
+    and worker for `make demo`'s job (its data and settings, on the same tiny model), shows
+    the adapter continuing the cycle where the base does not."""
+    from cli.demo import DEMO_JOB, demo_data
+    from cli.jobs import SUBMIT_FIELDS
+    from tests.utils.service import Service
+
+    section = README[README.index("## After training: try it") :]
+    shell = next(b for b in _blocks("sh") if "/try" in b and b in section)
+    service = Service.create(tmp_path / "service", model_root)
+    service.start_api()
+    service.start_worker()
+    try:
+        file_id = service.upload(demo_data(tmp_path))["id"]
+        values = {**DEMO_JOB, "model": str(tiny_model), "training_file": file_id}
+        job = service.submit(SUBMIT_FIELDS.body(values))  # what `loracle demo` submits
+        assert service.wait(job["id"])["status"] == "succeeded", service.log_tail()
+        env = {**os.environ, "LORACLE_API_KEY": KEY_A, "JOB": job["id"]}
+        ran = subprocess.run(
+            ["bash", "-c", shell.replace("http://127.0.0.1:8000", service.url)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr + service.log_tail()
+        shown = json.loads(ran.stdout)
+        assert shown["status"] == "succeeded" and shown["error"] is None, shown
+        completion = shown["completions"][0]
+        assert completion["adapter"].split()[:3] == ["charlie", "delta", "echo"], completion
+        assert not completion["base"].startswith(" charlie delta"), completion
+    finally:
+        service.stop()

@@ -137,3 +137,32 @@ def load_model_and_tokenizer(plan: TrainingPlan, device: str):
         restore_compute_dtype(model, torch_dtype(plan.precision))
     model = get_peft_model(model, make_lora_config(plan))
     return model, tokenizer
+
+
+def load_for_inference(plan: TrainingPlan, device: str, card: int = 0):
+    """The run's base model as its training loaded it (same dtype, same attention, and for
+    QLoRA the same NF4 BitsAndBytesConfig, quantized while loading), for generation: on
+    `device`, on visible card `card` when that is cuda, in eval mode. `plan` is the resolved
+    plan the run recorded (its plan.json). Returns the model; the tokenizer is
+    `load_tokenizer`'s."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if is_local(plan.model):
+        refuse_remote_code(plan.model)
+    config = AutoConfig.from_pretrained(plan.model, trust_remote_code=False)
+    kwargs = model_load_kwargs(plan, device, config.model_type)
+    if device == "cuda":
+        kwargs["device_map"] = {"": card}  # one card, not the LOCAL_RANK of a training rank
+    model = AutoModelForCausalLM.from_pretrained(plan.model, **kwargs)
+    model.eval()
+    return model
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer, with its eos as the pad token when it has none (as training)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

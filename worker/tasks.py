@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery.signals import worker_process_init, worker_shutting_down
 
 from advisor.memory import WORKER_ALLOCATOR_CONF
-from loracle.queue import MERGE_JOB, RUN_JOB, make_celery
+from loracle import placement
+from loracle.queue import MERGE_JOB, RUN_JOB, TRY_JOB, make_celery
 from loracle.settings import get_settings
 from worker import shutdown
 
@@ -79,8 +84,16 @@ def _pin_one_gpu(**_: Any) -> None:
 
 @worker_shutting_down.connect
 def _forward_shutdown(sig: str, how: str, **_: Any) -> None:
-    """In the worker's main process: a SIGTERM sent to it alone reaches the pool too."""
+    """In the worker's main process: a SIGTERM sent to it alone reaches the pool too, and its
+    inference consumer. In the inference consumer: the try being generated stops at its next
+    token."""
     shutdown.forward_to_pool(sig, how)
+    _stop_inference_consumer()
+    # Looked up, not imported: no import in a signal handler. Loaded in the inference
+    # consumer (main_inference imports it), where alone it has work to stop.
+    inference = sys.modules.get("worker.inference")
+    if inference is not None:
+        inference.request_stop()
 
 
 @app.task(name=RUN_JOB, acks_late=True)
@@ -104,6 +117,17 @@ def merge_job(job_id: str) -> str:
     from worker.service import execute_merge
 
     return on_fresh_stack(execute_merge, job_id, get_settings())
+
+
+@app.task(name=TRY_JOB, acks_late=False)
+def try_job(try_id: str) -> str:
+    """Generate a try's completions, base and adapter side by side (worker.tryout.execute_try),
+    on the inference consumer (`loracle worker --inference-only`). Acknowledged on receipt,
+    not at the end: a try whose consumer died is not delivered again but answered as failed
+    (`try_timeout`) once LORACLE_TRY_TIMEOUT_S has passed, and the user asks again."""
+    from worker.tryout import execute_try
+
+    return on_fresh_stack(execute_try, try_id, get_settings())
 
 
 def on_fresh_stack(fn: Callable[..., T], *args: Any) -> T:
@@ -151,8 +175,165 @@ def apply_allocator_conf() -> None:
         )
 
 
-def main(concurrency: int = 1, loglevel: str = "info") -> None:
-    """Start a worker on the configured broker (``loracle worker``)."""
+# -- the inference consumer ----------------------------------------------------------------
+
+# How long the worker waits for its inference consumer to stop before it kills it: the
+# consumer stops generating at its next token, but a model still loading cannot be cut short.
+INFERENCE_STOP_S = 20.0
+
+_consumer: dict[str, subprocess.Popen[bytes]] = {}
+_consumer_signalled = threading.Event()
+_consumer_lock = threading.Lock()
+
+
+def start_inference_consumer(loglevel: str, log_format: str) -> subprocess.Popen[bytes]:
+    """`loracle worker --inference-only` as a child of this worker, with its environment (the
+    card class, the cards): it takes the tries of this worker's class, one at a time, on a
+    queue of their own (loracle.placement.inference_queue), so a try never waits behind a
+    training job, and stops when this worker stops (`stop_inference_consumer`; it also stops
+    by itself when this process is gone). In this worker's process group: a signal to the
+    group reaches it directly."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "worker",
+            "--inference-only",
+            "--loglevel",
+            loglevel,
+            "--log-format",
+            log_format,
+        ],
+        env={**os.environ, "LORACLE_INFERENCE_PARENT": str(os.getpid())},
+    )
+    _consumer["child"] = child
+    return child
+
+
+def supervise_inference_consumer(loglevel: str, log_format: str) -> threading.Thread:
+    """Start another inference consumer when this one exits while the worker runs (killed
+    for its memory by a model too large, or stopped alone), after 1 s, then 2, 4, ... at most
+    60 s apart while it keeps exiting within a minute: tries are not left without a consumer
+    until their timeout. Returns the watching thread (a daemon of the worker's main
+    process)."""
+
+    def watch() -> None:
+        delay, since = 1.0, time.monotonic()
+        while not _consumer_signalled.wait(1.0):
+            code = _consumer["child"].poll()  # reaps an exited one
+            if code is None:
+                continue
+            if time.monotonic() - since > 60:
+                delay = 1.0
+            log.warning(
+                "the inference consumer exited (code %s); starting another in %.0f s",
+                code,
+                delay,
+            )
+            if _consumer_signalled.wait(delay):
+                return
+            with _consumer_lock:
+                if _consumer_signalled.is_set():
+                    return
+                start_inference_consumer(loglevel, log_format)
+            delay, since = min(delay * 2, 60.0), time.monotonic()
+
+    thread = threading.Thread(target=watch, name="inference-consumer", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop_inference_consumer() -> None:
+    """Ask the inference consumer to stop (a warm shutdown), once, and start no other. Runs
+    in a signal handler of the main thread; the lock is only ever held by the supervising
+    thread, for one `Popen`."""
+    if "child" not in _consumer or _consumer_signalled.is_set():
+        return
+    with _consumer_lock:
+        _consumer_signalled.set()
+        child = _consumer["child"]
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            child.send_signal(signal.SIGTERM)
+
+
+def stop_inference_consumer(wait_s: float = INFERENCE_STOP_S) -> None:
+    """Stop the inference consumer and wait for it; killed after `wait_s`."""
+    if "child" not in _consumer:
+        return
+    _stop_inference_consumer()
+    child = _consumer["child"]
+    try:
+        child.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        log.warning("the inference consumer did not stop within %.0f s; killed", wait_s)
+        child.kill()
+        child.wait()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the inference consumer: stop (warm, as at a SIGTERM) once the worker that started it
+    is gone, even killed with SIGKILL, rather than take tries alone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        log.warning("the worker that started this inference consumer is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main_inference(loglevel: str = "info") -> None:
+    """Start the inference consumer (``loracle worker --inference-only``): a solo-pool Celery
+    worker on the inference queue of this machine's card class. `loracle worker` starts one
+    beside its training pool; started alone, it finds the card class itself."""
+    settings = get_settings()
+    klass = os.environ.get("LORACLE_WORKER_CARD_CLASS")
+    if not klass:
+        from worker import fleet
+
+        klass = fleet.describe(settings, visible_cards(), 1).card_class
+    parent = os.environ.get("LORACLE_INFERENCE_PARENT")
+    if parent:
+        _exit_with_parent(int(parent))
+    apply_allocator_conf()
+    # The training stack, imported before the first try rather than by it: 5-30 s on a busy
+    # machine that the first try would otherwise wait (measured: 27 s of a 30 s try on two
+    # cores that a training job kept busy). CUDA is not initialised here.
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import worker.tryout  # noqa: F401
+
+    queue = placement.inference_queue(klass)
+    os.environ["LORACLE_WORKER_QUEUES"] = queue  # for the ready line
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={loglevel}",
+            # One try at a time, in this process: a try's model is loaded, used and freed
+            # before the next is taken, and there is no pool process to fork.
+            "--pool=solo",
+            "--concurrency=1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"infer-{os.getpid()}@%h",
+            "-Q",
+            queue,
+        ]
+    )
+
+
+def main(
+    concurrency: int = 1, loglevel: str = "info", inference: bool = True, log_format: str = "text"
+) -> None:
+    """Start a worker on the configured broker (``loracle worker``), and its inference
+    consumer (`start_inference_consumer`) unless `inference` is False."""
     cards = visible_cards()
     settings = get_settings()
     if not cards:
@@ -200,6 +381,9 @@ def main(concurrency: int = 1, loglevel: str = "info") -> None:
         ", ".join(f"{c['name']} {c['total_gib']:g} GiB" for c in reg.cards),
         ",".join(reg.queues),
     )
+    if inference:
+        start_inference_consumer(loglevel, log_format)
+        supervise_inference_consumer(loglevel, log_format)
     try:
         app.worker_main(
             [
@@ -214,4 +398,5 @@ def main(concurrency: int = 1, loglevel: str = "info") -> None:
             ]
         )
     finally:
+        stop_inference_consumer()
         heartbeat.stop()

@@ -210,3 +210,29 @@ class WebhookDeliveryRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class TryRow(Base):
+    """A try of a succeeded job's adapter (POST /v1/fine_tuning/jobs/{id}/try): the prompts
+    and settings asked, and the completions of the base and of the adapter once a worker's
+    inference consumer generated them (loracle.store.tries)."""
+
+    __tablename__ = "tries"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id"), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    # queued -> running -> succeeded | failed
+    status: Mapped[str] = mapped_column(String(16))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # The per-key limit counts a key's unfinished tries (loracle.store.tries.in_flight).
+    __table_args__ = (Index("ix_tries_owner_status", "owner", "status"),)

@@ -207,3 +207,14 @@ def test_workers_are_listed_and_drop_out_when_their_lease_runs_out(settings):
     (alive,) = listed
     assert alive["card_class"] == "cpu-24g" and alive["cards"][0]["total_gib"] == 24
     assert alive["queues"] == ["loracle.cpu-24g.x1"]
+
+
+def test_a_training_queue_names_its_class_and_tries_go_to_the_class_inference_queue():
+    from loracle.placement import class_of_queue, inference_queue, queue_for
+
+    klass = "nvidia-h100-80gb-hbm3-79p6g"
+    assert class_of_queue(queue_for(klass, 4)) == klass
+    assert class_of_queue("loracle") is None and class_of_queue(None) is None
+    assert inference_queue(klass) == f"loracle.infer.{klass}"
+    # Not one of the class's training queues, which its training pool consumes.
+    assert inference_queue(klass) not in [queue_for(klass, n) for n in range(1, 9)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import SLOW
-from tests.utils.service import Service
+from tests.utils.service import Service, inference_consumer, wait_for
 from worker.checkpoints import CHECKPOINT_MARKER
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +60,7 @@ def test_shutdown_checkpoints_requeues_at_once_and_the_next_worker_resumes(
     service.start_api()
     try:
         first = service.start_worker()
+        consumer = inference_consumer(first.pid)
         file_id = service.upload(train_file)["id"]
         # No periodic checkpoints: any checkpoint on disk is the one the shutdown wrote.
         job = service.submit(
@@ -77,6 +78,7 @@ def test_shutdown_checkpoints_requeues_at_once_and_the_next_worker_resumes(
         assert time.monotonic() - sent < 15, "requeued at once, not through the lease"
         assert queued["attempts"] == 0, "a shutdown does not use an attempt"
         assert first.wait(timeout=60) is not None, "the worker exits once the job is requeued"
+        wait_for(lambda: not consumer.is_running(), 30, "the inference consumer to stop")
 
         events = service.events(job["id"])
         requeued = [e for e in events if e["type"] == "requeued"]

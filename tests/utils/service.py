@@ -186,6 +186,24 @@ class Service:
         return dict(box["job"])
 
 
+def inference_consumer(worker: int, timeout: float = 60) -> Any:
+    """The inference consumer (`loracle worker --inference-only`) that the worker process
+    `worker` started beside itself, as a psutil.Process, once it is there."""
+    import psutil
+
+    box: dict[str, Any] = {}
+
+    def started() -> bool:
+        for child in psutil.Process(worker).children():
+            if "--inference-only" in child.cmdline():
+                box["child"] = child
+                return True
+        return False
+
+    wait_for(started, timeout, "the inference consumer to start")
+    return box["child"]
+
+
 def wait_for(
     condition: Callable[[], bool],
     timeout: float,
