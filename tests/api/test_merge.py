@@ -12,18 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 from api.deps import get_queue
-from api.security import key_owner
 from loracle import jobfiles
 from loracle.plan import load_plan
 from loracle.queue import MERGE_JOB
 from loracle.store import jobs as store
-from loracle.store.db import session
-from loracle.store.models import JobRow
-from tests.utils.api import KEY_A, KEY_B, client_for, error_code, settings_for
-from tests.utils.builders import add_placeholder_file, plan_dict
+from tests.utils.api import (
+    KEY_A,
+    KEY_B,
+    add_job_with_status,
+    client_for,
+    error_code,
+    settings_for,
+)
+from tests.utils.builders import plan_dict
 from worker.service import execute_merge
 from worker.training import run_training
 
@@ -60,22 +63,8 @@ def clients(settings, queue):
 
 
 def add_job(settings, status: str) -> str:
-    """A job of key A's in the store, with the given status."""
-    job_id = store.new_id("job")
-    with session(settings.resolved_database_url) as s:
-        file_id = add_placeholder_file(s)
-        store.add_job(
-            s,
-            id=job_id,
-            owner=key_owner(f"Bearer {KEY_A}", settings),
-            model="tiny-llama",
-            training_file=file_id,
-            variant="qlora",
-            requested_variant="qlora",
-            hyperparameters={},
-        )
-        s.execute(update(JobRow).where(JobRow.id == job_id).values(status=status, queue=JOB_QUEUE))
-    return job_id
+    """A QLoRA job of key A's in the store, with the given status."""
+    return add_job_with_status(settings, status, JOB_QUEUE, variant="qlora")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 from api.deps import get_queue
 from api.security import key_owner
@@ -21,9 +20,15 @@ from loracle.queue import TRY_JOB
 from loracle.store import jobs as store
 from loracle.store import tries
 from loracle.store.db import session
-from loracle.store.models import JobRow
-from tests.utils.api import KEY_A, KEY_B, client_for, error_code, settings_for
-from tests.utils.builders import add_placeholder_file, plan_dict
+from tests.utils.api import (
+    KEY_A,
+    KEY_B,
+    add_job_with_status,
+    client_for,
+    error_code,
+    settings_for,
+)
+from tests.utils.builders import plan_dict
 from worker.training import run_training
 from worker.tryout import execute_try
 
@@ -87,21 +92,7 @@ def clients(settings, queue):
 
 def add_job(settings, status: str, key: str = KEY_A) -> str:
     """A job of `key`'s on the tiny model in the store, with the given status."""
-    job_id = store.new_id("job")
-    with session(settings.resolved_database_url) as s:
-        file_id = add_placeholder_file(s)
-        store.add_job(
-            s,
-            id=job_id,
-            owner=key_owner(f"Bearer {key}", settings),
-            model="tiny-llama",
-            training_file=file_id,
-            variant="lora",
-            requested_variant="lora",
-            hyperparameters={},
-        )
-        s.execute(update(JobRow).where(JobRow.id == job_id).values(status=status, queue=JOB_QUEUE))
-    return job_id
+    return add_job_with_status(settings, status, JOB_QUEUE, key=key)
 
 
 @pytest.fixture(scope="module")

@@ -75,3 +75,37 @@ def error_code(body: dict[str, Any]) -> str:
         assert error["message"] == body["detail"]
         return str(error["code"])
     return str(error)
+
+
+def add_job_with_status(
+    settings: Settings,
+    status: str,
+    queue: str,
+    *,
+    key: str = KEY_A,
+    variant: str = "lora",
+) -> str:
+    """A job of `key`'s on the tiny model in the store, already in `status` on `queue`
+    (for endpoints that act on a job's state: merge, try)."""
+    from sqlalchemy import update
+
+    from api.security import key_owner
+    from loracle.store import jobs as store
+    from loracle.store.db import session
+    from loracle.store.models import JobRow
+    from tests.utils.builders import add_placeholder_file
+
+    job_id = store.new_id("job")
+    with session(settings.resolved_database_url) as s:
+        store.add_job(
+            s,
+            id=job_id,
+            owner=key_owner(f"Bearer {key}", settings),
+            model="tiny-llama",
+            training_file=add_placeholder_file(s),
+            variant=variant,
+            requested_variant=variant,
+            hyperparameters={},
+        )
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(status=status, queue=queue))
+    return job_id
