@@ -12,8 +12,9 @@ import pytest
 from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
+from tests.utils.builders import add_stored_file
 from tests.utils.service import Service
-from worker.service import execute_job, file_path
+from worker.service import execute_job
 
 FIXES = ("LORACLE_MODEL_ROOTS", "HF_HOME", "HF_HUB_OFFLINE=1")
 
@@ -74,22 +75,7 @@ def test_a_worker_that_cannot_reach_the_hub_fails_the_job_hub_unreachable(
     settings = Settings(data_dir=tmp_path / "data", auth_disabled=True)
     url = settings.resolved_database_url
     with session(url) as s:
-        file_id = store.new_id("file")
-        path = file_path(settings, file_id)
-        path.parent.mkdir(parents=True)
-        path.write_bytes(train_file.read_bytes())
-        store.add_file(
-            s,
-            id=file_id,
-            owner=None,
-            filename="train.jsonl",
-            purpose="fine-tune",
-            bytes=path.stat().st_size,
-            rows=1,
-            format="text",
-            sha256="0" * 64,
-            path=str(path),
-        )
+        file_id = add_stored_file(s, settings, train_file, rows=1)
         job_id = store.new_id("job")
         store.add_job(
             s,

@@ -165,6 +165,32 @@ def add_placeholder_file(s: Any, owner: str | None = None) -> str:
     return file_id
 
 
+def add_stored_file(s: Any, settings: Any, source: Path, rows: int) -> str:
+    """A copy of `source` stored as the API stores an upload (under the data directory, with
+    its file row), for tests whose worker reads the data; returns its id. ``s`` is an open
+    store session."""
+    from loracle.store import jobs as store
+    from worker.service import file_path
+
+    file_id = store.new_id("file")
+    path = file_path(settings, file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(source.read_bytes())
+    store.add_file(
+        s,
+        id=file_id,
+        owner=None,
+        filename="train.jsonl",
+        purpose="fine-tune",
+        bytes=path.stat().st_size,
+        rows=rows,
+        format="text",
+        sha256="0" * 64,
+        path=str(path),
+    )
+    return file_id
+
+
 def jsonl_bytes(*rows: object) -> bytes:
     """A JSONL file's bytes: dict rows as JSON, string rows as written (for broken lines)."""
     return b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in rows)

@@ -24,9 +24,10 @@ from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store.db import session
 from loracle.store.models import JobRow
+from tests.utils.builders import add_stored_file
 from worker import modeling
 from worker.oom import variant_change_allowed
-from worker.service import execute_job, file_path
+from worker.service import execute_job
 
 # Six steps of micro batch 4 on the tiny model, a checkpoint every 2 steps: the fault raises
 # as step 3 begins (LORACLE_FAULT_OOM_AT_STEP=2), so checkpoint-2 is there to resume from.
@@ -92,22 +93,7 @@ def add_job(
 ) -> str:
     """A queued job on the tiny model and a copy of `train_file`, as the API stores one."""
     with session(settings.resolved_database_url) as s:
-        file_id = store.new_id("file")
-        path = file_path(settings, file_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(train_file.read_bytes())
-        store.add_file(
-            s,
-            id=file_id,
-            owner=None,
-            filename="train.jsonl",
-            purpose="fine-tune",
-            bytes=path.stat().st_size,
-            rows=64,
-            format="text",
-            sha256="0" * 64,
-            path=str(path),
-        )
+        file_id = add_stored_file(s, settings, train_file, rows=64)
         job_id = store.new_id("job")
         store.add_job(
             s,
