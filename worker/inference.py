@@ -31,8 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from loracle.context import context_window
-from loracle.plan import TrainingPlan, load_plan
-from worker import artifacts
+from loracle.plan import TrainingPlan
 
 
 class PromptTooLong(ValueError):
@@ -83,15 +82,6 @@ def request_stop() -> None:
     _stop.set()
 
 
-def adapter_plan(adapter_dir: Path) -> TrainingPlan:
-    """The resolved plan the run recorded next to its adapter. Raises FileNotFoundError when
-    there is none (no adapter, or one from elsewhere)."""
-    path = adapter_dir / artifacts.PLAN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{adapter_dir} holds no adapter with its plan.json")
-    return load_plan(path)
-
-
 def _stopping(deadline: float | None) -> Any:
     import torch
     from transformers import StoppingCriteria
@@ -125,10 +115,11 @@ def generate_side_by_side(
 ) -> TryResult:
     """Each prompt's completion by the base (adapter disabled) and by the adapter.
 
-    `plan`: the run's resolved plan (`adapter_plan`), its `model` already checked by the
-    caller; `temperature` 0 is greedy, above samples; `deadline` a `time.monotonic()` past
-    which generation stops. Raises `PromptTooLong` before anything is generated, `Stopped`
-    when generation was stopped; library errors (no memory, a broken adapter) propagate.
+    `plan`: the run's resolved plan (`worker.merge.job_adapter_plan`), its `model` already
+    checked by the caller; `temperature` 0 is greedy, above samples; `deadline` a
+    `time.monotonic()` past which generation stops. Raises `PromptTooLong` before anything
+    is generated, `Stopped` when generation was stopped; library errors (no memory, a broken
+    adapter) propagate.
     """
     import torch
     from peft import PeftModel

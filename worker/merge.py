@@ -83,6 +83,15 @@ def adapter_plan(adapter_dir: Path) -> TrainingPlan | None:
     return load_plan(path) if path.is_file() else None
 
 
+def job_adapter_plan(adapter_dir: Path) -> TrainingPlan:
+    """`adapter_plan` for the adapter of one of this service's jobs, which always has one:
+    FileNotFoundError when there is none (no adapter there)."""
+    plan = adapter_plan(adapter_dir)
+    if plan is None:
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter with its plan.json")
+    return plan
+
+
 def merge_dtype(requested: str | None, plan: TrainingPlan | None) -> str:
     """The merge's dtype: the one asked for, else the run's precision (as its plan recorded
     it, resolved: bf16 or fp16 on a card, fp32 on the CPU), else fp32."""

@@ -665,7 +665,7 @@ def execute_merge(job_id: str, settings: Settings) -> str:
     asks, and record `merge_started`, then `merged` or `merge_failed`. Returns the merge's
     state as this process leaves it. Safe for any delivery: a merge that is no longer merely
     requested (another delivery started it, or it ended) is left alone."""
-    from worker.merge import adapter_plan, merge_adapter
+    from worker.merge import job_adapter_plan, merge_adapter
 
     url = settings.resolved_database_url
     with session(url) as s:
@@ -698,9 +698,7 @@ def execute_merge(job_id: str, settings: Settings) -> str:
                 "adapter is on the API's side, and merging on a remote worker is not supported "
                 "yet; run a worker on the API's data directory, or `python -m worker merge` there"
             )
-        plan = adapter_plan(adapter)
-        if plan is None:
-            raise FileNotFoundError(f"{adapter} holds no adapter with its plan.json")
+        plan = job_adapter_plan(adapter)
         base = plan.model
         if is_local(base):  # checked again, as before training: inside a root, no remote code
             base = resolve_model_source(base, settings.allowed_model_roots)

@@ -21,7 +21,9 @@ from loracle.settings import Settings
 from loracle.store import jobs as store
 from loracle.store import tries
 from loracle.store.db import session
-from worker.inference import Stopped, adapter_plan, generate_side_by_side
+from worker.inference import Stopped, generate_side_by_side
+from worker.merge import job_adapter_plan
+from worker.service import worker_name
 
 log = logging.getLogger("loracle.worker")
 
@@ -45,12 +47,6 @@ TRY_ERRORS: dict[str, str] = {
     "OutOfMemoryError": "out_of_memory",
     "MemoryError": "out_of_memory",
 }
-
-
-def worker_name() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def device_with_most_room() -> tuple[str, int]:
@@ -97,7 +93,7 @@ def execute_try(try_id: str, settings: Settings) -> str:
         if job_status != store.SUCCEEDED:
             raise JobNotSucceeded(f"job {job_id} is {job_status}: only a succeeded job is tried")
         adapter = jobfiles.job_dir(settings.data_dir, job_id) / jobfiles.ADAPTER_DIRNAME
-        plan = adapter_plan(adapter)
+        plan = job_adapter_plan(adapter)
         if is_local(plan.model):  # checked again, as before training: inside a root
             model = resolve_model_source(plan.model, settings.allowed_model_roots)
             plan = plan.model_copy(update={"model": model})

@@ -13,7 +13,8 @@ from loracle.context import token_counts
 from loracle.plan import load_plan
 from tests.utils.builders import plan_dict
 from worker import inference
-from worker.inference import PromptTooLong, Stopped, adapter_plan, generate_side_by_side
+from worker.inference import PromptTooLong, Stopped, generate_side_by_side
+from worker.merge import job_adapter_plan
 from worker.training import run_training
 
 PROMPTS = ["alpha bravo charlie", "echo foxtrot"]
@@ -31,7 +32,7 @@ def adapter(tiny_model: Path, train_file: Path, tmp_path_factory) -> Path:
 
 def side_by_side(adapter: Path, prompts=PROMPTS, **settings):
     values = {"max_new_tokens": 8, "temperature": 0.0, "seed": 0, **settings}
-    return generate_side_by_side(adapter_plan(adapter), adapter, prompts, **values)
+    return generate_side_by_side(job_adapter_plan(adapter), adapter, prompts, **values)
 
 
 def test_greedy_is_deterministic_and_the_adapter_learned_the_cycle(adapter: Path):
@@ -98,7 +99,7 @@ def test_a_qlora_adapter_is_tried_on_its_4bit_base(tiny_model: Path, train_file:
     adapter = Path(run_training(plan).artifacts["adapter_dir"])
     from worker.modeling import load_for_inference
 
-    base = load_for_inference(adapter_plan(adapter), "cpu")
+    base = load_for_inference(job_adapter_plan(adapter), "cpu")
     assert "Linear4bit" in {type(m).__name__ for m in base.modules()}, "loaded as it trained"
     result = side_by_side(adapter, prompts=["alpha"])
     assert result.base_weights == "nf4"
