@@ -135,7 +135,13 @@ def test_a_killed_rank_fails_the_job_at_once_naming_the_rank(
     try:
         _wait_registered(service)
         job = _submit(service, tiny_model, train_file, max_steps=2000, checkpoint_steps=2)
-        service.wait(job["id"], until=lambda j: j["status"] == "running" and j["step"] >= 3)
+        # The kill comes at step 3: the job may fail before a poll sees it running there.
+        service.wait(
+            job["id"],
+            until=lambda j: (
+                j["status"] == "failed" or (j["status"] == "running" and j["step"] >= 3)
+            ),
+        )
         started = time.monotonic()
         done = service.wait(job["id"], timeout=120)
         # no hang: rank 0 did not wait for a collective timeout (300 s by default)
