@@ -167,6 +167,10 @@ def test_the_whole_flow_on_the_tiny_model(
 
     # 3. A file with a bad line, dropped on the Data page: its line number and the fix.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Data").click()
+    # The drop zone is in the HTML before data.js (a module, run at DOMContentLoaded) listens
+    # on it: a drop dispatched in between is lost.
+    expect(page).to_have_url(f"{service.url}/data")
+    page.wait_for_load_state("domcontentloaded")
     browser.expect_http(422, "/v1/files")
     _drop(page, bad_file)
     problems = page.locator("#problems-table tbody tr")
